@@ -1,0 +1,5 @@
+"""Algorithms as LightningModules."""
+
+from acorm_pl.algos.qmix import QMIX
+
+__all__ = ["QMIX"]

@@ -1,0 +1,8 @@
+"""Callbacks: exploration schedule, evaluation, throughput, progress."""
+
+from acorm_pl.callbacks.epsilon import EpsilonSchedule
+from acorm_pl.callbacks.evaluation import Evaluation
+from acorm_pl.callbacks.progress import EnvStepProgressBar
+from acorm_pl.callbacks.throughput import ThroughputMonitor
+
+__all__ = ["EnvStepProgressBar", "EpsilonSchedule", "Evaluation", "ThroughputMonitor"]

@@ -1,0 +1,109 @@
+"""Greedy evaluation every ``eval_interval`` env steps, aggregated over ranks with torchmetrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MeanMetric
+
+from acorm_pl.data.datamodule import require
+from acorm_pl.data.rollout import collect_rollout
+from acorm_pl.envs.base import VecEnv
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation environments never share seeds with training ones
+
+
+class Evaluation(pl.Callback):
+    """Runs ``n_eval_episodes`` greedy episodes (split over ranks) at the start, every ``eval_interval`` env
+    steps and at the end; logs test/win_rate, test/return_mean and test/ep_length_mean against env steps.
+
+    Args:
+        eval_interval: env steps between evaluations.
+        n_eval_episodes: greedy episodes per evaluation, over all ranks.
+        n_eval_envs: environments stepped in parallel per rank (default: all episodes of the rank at once).
+        eval_at_start: also evaluate before the first update.
+    """
+
+    def __init__(self, eval_interval: int = 5000, n_eval_episodes: int = 32, n_eval_envs: int | None = None,
+                 eval_at_start: bool = True):
+        require(eval_interval >= 1, f"evaluation.eval_interval must be a positive integer, got {eval_interval}")
+        require(n_eval_episodes >= 1, f"evaluation.n_eval_episodes must be a positive integer, got {n_eval_episodes}")
+        require(n_eval_envs is None or n_eval_envs >= 1, f"evaluation.n_eval_envs must be >= 1, got {n_eval_envs}")
+        self.eval_interval, self.n_eval_episodes = eval_interval, n_eval_episodes
+        self.n_eval_envs, self.eval_at_start = n_eval_envs, eval_at_start
+        self.next_eval = 0
+        self.last_eval_step = -1
+        self.latest: dict[str, float] = {}
+        self._env: VecEnv | None = None
+        self._metrics: dict[str, MeanMetric] = {}
+
+    def _episodes_per_rank(self, trainer: pl.Trainer) -> int:
+        return math.ceil(self.n_eval_episodes / trainer.world_size)
+
+    def _eval_env(self, trainer: pl.Trainer) -> VecEnv:
+        if self._env is None:
+            per_rank = self._episodes_per_rank(trainer)
+            self._env = trainer.datamodule.make_env(min(per_rank, self.n_eval_envs or per_rank), EVAL_SEED_OFFSET)
+        return self._env
+
+    @torch.no_grad()
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+        """Run the greedy episodes now; returns (and logs) the rank-aggregated metrics."""
+        env = self._eval_env(trainer)
+        device = pl_module.device
+        if not self._metrics:
+            self._metrics = {k: MeanMetric().to(device) for k in ("win_rate", "return_mean", "ep_length_mean")}
+        remaining = self._episodes_per_rank(trainer)
+        while remaining > 0:
+            rollout = collect_rollout(env, pl_module, explore=False)
+            take = min(remaining, env.n_envs)
+            self._metrics["win_rate"].update(rollout.won[:take].float().to(device))
+            self._metrics["return_mean"].update(rollout.returns[:take].to(device))
+            self._metrics["ep_length_mean"].update(rollout.lengths[:take].float().to(device))
+            remaining -= take
+        results = {f"test/{k}": float(m.compute()) for k, m in self._metrics.items()}
+        for m in self._metrics.values():
+            m.reset()
+        step = trainer.datamodule.env_steps
+        for logger in trainer.loggers:
+            logger.log_metrics(results, step=step)
+        for k, v in results.items():
+            trainer.callback_metrics[k] = torch.tensor(v)
+        self.latest = results
+        self.last_eval_step = step
+        return results
+
+    def _maybe_evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.datamodule.env_steps
+        if step >= self.next_eval:
+            self.evaluate(trainer, pl_module)
+            self.next_eval = (step // self.eval_interval + 1) * self.eval_interval
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.datamodule.env_steps == 0 and not self.eval_at_start:
+            self.next_eval = self.eval_interval
+        self._maybe_evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._maybe_evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.last_eval_step != trainer.datamodule.env_steps:
+            self.evaluate(trainer, pl_module)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_eval": self.next_eval, "last_eval_step": self.last_eval_step, "latest": self.latest}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.next_eval = state_dict["next_eval"]
+        self.last_eval_step = state_dict["last_eval_step"]
+        self.latest = state_dict.get("latest", {})

@@ -1,0 +1,105 @@
+"""``acorm-pl``: LightningCLI with the rollout DataModule, MLflow tracking and env-step progress.
+
+    acorm-pl fit --config conf/quickstart.yaml
+    acorm-pl fit --help
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from jsonargparse import ArgumentError, ArgumentParser
+
+# Keep JAX (SMAX) off the GPU and quiet before anything imports it.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+from acorm_pl.callbacks import EnvStepProgressBar, EpsilonSchedule, Evaluation, ThroughputMonitor  # noqa: E402
+from acorm_pl.data.datamodule import ConfigError, RolloutDataModule  # noqa: E402
+from acorm_pl.envs.base import EnvConfigError  # noqa: E402
+from acorm_pl.tracking import MLflowSaveConfig, MLflowTracker, RunCheckpoint, run_id_in_checkpoint  # noqa: E402
+
+
+def _env_info_of(data: RolloutDataModule) -> dict[str, int]:
+    return data.env_info.as_dict()
+
+
+def _seed_of(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed_everything must be a non-negative integer (it seeds the envs too), got {seed!r}")
+    return seed
+
+
+class ACORMCLI(LightningCLI):
+    """LightningCLI wired for acorm-pl: env facts flow from the DataModule into the model, the top-level
+    seed seeds networks and environments, and ``epsilon`` / ``evaluation`` are always-on callbacks."""
+
+    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
+        parser.add_lightning_class_args(EpsilonSchedule, "epsilon")
+        parser.add_lightning_class_args(Evaluation, "evaluation")
+        parser.link_arguments("data", "model.init_args.env_info", compute_fn=_env_info_of, apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed_of, apply_on="parse")
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        tracker = next((lg for lg in self.trainer.loggers if isinstance(lg, MLflowTracker)), None)
+        if ckpt_path and tracker is not None and tracker._run_id is None and os.path.isfile(ckpt_path):
+            run_id = run_id_in_checkpoint(ckpt_path)
+            if run_id is not None:
+                tracker._run_id = run_id  # resume logging into the run that wrote the checkpoint
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """Trainer settings every run gets; the callbacks listed here are always present."""
+    return {
+        "max_epochs": -1,  # runs end on the env-step budget (data.total_env_steps)
+        "log_every_n_steps": 10,
+        "num_sanity_val_steps": 0,
+        "logger": {"class_path": "acorm_pl.tracking.MLflowTracker"},
+        "callbacks": [ThroughputMonitor(), EnvStepProgressBar(), RunCheckpoint(save_last="link", save_top_k=1)],
+    }
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point; configuration errors end with one line on stderr and exit code 2."""
+    try:
+        ACORMCLI(
+            model_class=None,
+            datamodule_class=RolloutDataModule,
+            subclass_mode_model=True,
+            save_config_callback=MLflowSaveConfig,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults=trainer_defaults(),
+            seed_everything_default=0,
+            args=args,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
+        )
+    except (ValueError, ArgumentError) as err:
+        cause = _config_error_in(err)
+        if cause is None:
+            raise
+        message = " ".join(str(cause).split())  # jsonargparse spreads one error over several lines
+        print(f"acorm-pl: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _config_error_in(err: BaseException) -> BaseException | None:
+    """The configuration error behind ``err`` (jsonargparse wraps errors raised while instantiating)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (ConfigError, EnvConfigError, ArgumentError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+__all__ = ["ACORMCLI", "EnvStepProgressBar", "EpsilonSchedule", "Evaluation", "ThroughputMonitor", "main"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Rollout DataModule: owns the environments and the replay buffer, interleaves collection and learning."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from acorm_pl.data.episode_buffer import EpisodeBatch, EpisodeReplayBuffer
+from acorm_pl.data.rollout import Rollout, collect_rollout
+from acorm_pl.envs import EnvInfo, VecEnv, get_env_info, make_vec_env
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line naming the value and what is allowed."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+class RolloutDataModule(pl.LightningDataModule):
+    """Environments + episode replay buffer as a Lightning DataModule.
+
+    Each training "batch" is produced by collecting one episode in each of ``n_envs`` environments with
+    the current policy (the LightningModule's ``act``), storing them, then sampling ``updates_per_collect``
+    batches of ``batch_size`` episodes. Training stops once ``total_env_steps`` environment steps (summed
+    over all environments and ranks) have been collected; one epoch spans ``epoch_env_steps`` env steps
+    (checkpoints are written at epoch ends).
+
+    Args:
+        env: environment family (``smax``).
+        map_name: map / scenario of that family, e.g. ``3m``.
+        env_kwargs: extra options of the family (e.g. ``episode_limit``, ``reward``).
+        n_envs: environments stepped in lockstep on each rank.
+        seed: environment seeds are ``seed + rank * n_envs + i``.
+        buffer_size: replay capacity in episodes.
+        batch_size: episodes per sampled batch.
+        updates_per_collect: gradient updates per collected batch of ``n_envs`` episodes.
+        total_env_steps: env-step budget of the run.
+        epoch_env_steps: env steps per epoch.
+        buffer_device: where the replay storage lives (``cpu`` or a CUDA device).
+        checkpoint_buffer: store the replay buffer in checkpoints (exact resume; large on big maps).
+    """
+
+    def __init__(
+        self,
+        env: str = "smax",
+        map_name: str = "3m",
+        env_kwargs: dict[str, Any] | None = None,
+        n_envs: int = 8,
+        seed: int = 0,
+        buffer_size: int = 5000,
+        batch_size: int = 32,
+        updates_per_collect: int = 1,
+        total_env_steps: int = 2_000_000,
+        epoch_env_steps: int = 10_000,
+        buffer_device: str = "cpu",
+        checkpoint_buffer: bool = True,
+    ):
+        super().__init__()
+        for name, value in [("n_envs", n_envs), ("buffer_size", buffer_size), ("batch_size", batch_size),
+                            ("updates_per_collect", updates_per_collect), ("total_env_steps", total_env_steps),
+                            ("epoch_env_steps", epoch_env_steps)]:
+            require(isinstance(value, int) and value >= 1, f"data.{name} must be a positive integer, got {value!r}")
+        require(batch_size <= buffer_size,
+                f"data.batch_size ({batch_size}) must not exceed data.buffer_size ({buffer_size})")
+        require(seed >= 0, f"data.seed must be >= 0, got {seed}")
+        self.save_hyperparameters()
+        self.env_name, self.map_name, self.env_kwargs = env, map_name, dict(env_kwargs or {})
+        self.n_envs, self.seed = n_envs, seed
+        self.buffer_size, self.batch_size = buffer_size, batch_size
+        self.updates_per_collect, self.total_env_steps = updates_per_collect, total_env_steps
+        self.epoch_env_steps, self.buffer_device = epoch_env_steps, buffer_device
+        self.checkpoint_buffer = checkpoint_buffer
+        self.env_info: EnvInfo = get_env_info(env, map_name, **self.env_kwargs)
+        self.env: VecEnv | None = None
+        self.buffer: EpisodeReplayBuffer | None = None
+        self.env_steps = 0  # global (all ranks) environment steps collected
+        self.episodes = 0  # global episodes collected
+        self.last_rollout: Rollout | None = None
+        self.collect_seconds = 0.0
+        self._pending_state: dict[str, Any] | None = None
+
+    # ---- ranks ---------------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def env_seeds(self, offset: int = 0) -> list[int]:
+        """Seeds of this rank's copies: ``seed + offset + rank * n_envs + i``."""
+        base = self.seed + offset + self.rank * self.n_envs
+        return [base + i for i in range(self.n_envs)]
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.env is None:
+            self.env = make_vec_env(self.env_name, self.map_name, self.env_seeds(), **self.env_kwargs)
+        if self.buffer is None:
+            self.buffer = EpisodeReplayBuffer(self.env_info, self.buffer_size, self.buffer_device,
+                                              seed=self.seed + 1000 * self.rank)
+            if self.rank == 0:
+                log.info("replay buffer: %d episodes x %d steps preallocated, %.1f MiB (float32) on %s",
+                         self.buffer_size, self.env_info.episode_limit, self.buffer.nbytes / 2**20,
+                         self.buffer_device)
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+
+    def teardown(self, stage: str) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def make_env(self, n_envs: int, seed_offset: int) -> VecEnv:
+        """A separate set of ``n_envs`` copies (e.g. for evaluation) seeded away from the training ones."""
+        base = self.seed + seed_offset + self.rank * n_envs
+        return make_vec_env(self.env_name, self.map_name, [base + i for i in range(n_envs)], **self.env_kwargs)
+
+    # ---- collection ----------------------------------------------------------------------------------
+    def _global_sum(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        t = torch.tensor(float(value), device=self.trainer.strategy.root_device)
+        return int(self.trainer.strategy.reduce(t, reduce_op="sum").item())
+
+    def collect(self) -> Rollout:
+        """One episode in every environment with the current exploring policy, stored in the buffer."""
+        assert self.env is not None and self.buffer is not None, "setup() must run before collect()"
+        actor = self.trainer.lightning_module
+        start = time.perf_counter()
+        rollout = collect_rollout(self.env, actor, explore=True)
+        self.collect_seconds += time.perf_counter() - start
+        self.buffer.add(rollout.episodes, rollout.lengths)
+        self.env_steps += self._global_sum(rollout.env_steps)
+        self.episodes += self.n_envs * self.world_size
+        self.last_rollout = rollout
+        return rollout
+
+    def _batches(self) -> Iterator[EpisodeBatch]:
+        assert self.buffer is not None
+        epoch_end = min(self.env_steps + self.epoch_env_steps, self.total_env_steps)
+        while self.env_steps < epoch_end:
+            self.collect()
+            # Every rank holds the same number of episodes, so all ranks take this branch together.
+            if not self.buffer.can_sample(self.batch_size):
+                continue
+            for _ in range(self.updates_per_collect):
+                yield self.buffer.sample(self.batch_size)
+        if self.env_steps >= self.total_env_steps and self.trainer is not None:
+            self.trainer.should_stop = True
+
+    def train_dataloader(self) -> _SizedBatches:
+        return _SizedBatches(self)
+
+    # ---- checkpointing -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "world_size": self.world_size,
+            "buffer": self.buffer.state_dict() if self.buffer is not None and self.checkpoint_buffer else None,
+            "env": self.env.state_dict() if self.env is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Lightning restores the datamodule before setup() builds the envs and buffer: apply it then.
+        if self.env is None or self.buffer is None:
+            self._pending_state = state
+        else:
+            self._restore(state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        assert self.env is not None and self.buffer is not None
+        self.env_steps, self.episodes = state["env_steps"], state["episodes"]
+        if state["buffer"] is not None:
+            self.buffer.load_state_dict(state["buffer"])
+        same_layout = state.get("world_size", 1) == 1 and self.world_size == 1
+        if same_layout and state["env"]:
+            self.env.load_state_dict(state["env"])
+        else:
+            # The checkpoint holds rank 0's data only: give every rank fresh, distinct streams.
+            self.buffer.generator.manual_seed(self.seed + 1000 * self.rank + self.episodes)
+            self.env.close()
+            self.env = make_vec_env(self.env_name, self.map_name, self.env_seeds(offset=self.episodes),
+                                    **self.env_kwargs)
+
+
+class _SizedBatches:
+    """The training iterable. Its length is an upper bound so Lightning never prefetches (a prefetched
+    batch would be collected with a stale policy); it stops early once the epoch's env steps are done."""
+
+    def __init__(self, dm: RolloutDataModule):
+        self.dm = dm
+
+    def __len__(self) -> int:
+        per_collect = self.dm.n_envs * self.dm.world_size  # every episode has at least one step
+        return (self.dm.epoch_env_steps // per_collect + 1) * self.dm.updates_per_collect
+
+    def __iter__(self) -> Iterator[EpisodeBatch]:
+        return self.dm._batches()

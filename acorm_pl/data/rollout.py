@@ -1,0 +1,96 @@
+"""Collect whole episodes from a :class:`VecEnv` with any recurrent per-agent policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from acorm_pl.data.episode_buffer import EpisodeBatch
+from acorm_pl.envs.base import VecEnv
+
+
+class Actor(Protocol):
+    """What the rollout needs from an algorithm: a recurrent state and an action per agent."""
+
+    def initial_state(self, n_envs: int) -> Any: ...
+
+    def act(
+        self, obs: torch.Tensor, last_actions: torch.Tensor, avail: torch.Tensor, hidden: Any, explore: bool
+    ) -> tuple[torch.Tensor, Any]:
+        """obs [E, N, O], last_actions [E, N] (-1 = none), avail [E, N, A] bool -> actions [E, N], new hidden."""
+        ...
+
+
+@dataclass
+class Rollout:
+    """One lockstep batch of episodes: padded transitions plus per-episode outcomes."""
+
+    episodes: EpisodeBatch  # cut to the longest episode of the batch
+    lengths: torch.Tensor  # [E] int64
+    returns: torch.Tensor  # [E] float32 undiscounted episode returns
+    won: torch.Tensor  # [E] bool
+    truncated: torch.Tensor  # [E] bool, the episode hit the time limit
+
+    @property
+    def env_steps(self) -> int:
+        return int(self.lengths.sum())
+
+
+@torch.no_grad()
+def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
+    """Run one episode in every copy of ``env`` (finished copies wait for the rest, as pymarl's parallel runner).
+
+    Nothing after an episode's end is kept: steps past its length are zero and ``filled`` is 0 there.
+    """
+    info, n_envs = env.info, env.n_envs
+    limit, n = info.episode_limit, info.n_agents
+    obs = torch.zeros(n_envs, limit + 1, n, info.obs_dim)
+    state = torch.zeros(n_envs, limit + 1, info.state_dim)
+    avail = torch.zeros(n_envs, limit + 1, n, info.n_actions, dtype=torch.bool)
+    actions = torch.zeros(n_envs, limit, n, dtype=torch.int64)
+    reward = torch.zeros(n_envs, limit)
+    terminated = torch.zeros(n_envs, limit)
+    filled = torch.zeros(n_envs, limit)
+    lengths = torch.full((n_envs,), limit, dtype=torch.int64)
+    won = torch.zeros(n_envs, dtype=torch.bool)
+    truncated = torch.zeros(n_envs, dtype=torch.bool)
+
+    first = env.reset()
+    obs[:, 0], state[:, 0], avail[:, 0] = first.obs, first.state, first.avail_actions
+    active = torch.ones(n_envs, dtype=torch.bool)
+    last_actions = torch.full((n_envs, n), -1, dtype=torch.int64)
+    hidden = actor.initial_state(n_envs)
+    t = 0
+    for t in range(limit):
+        step_actions, hidden = actor.act(obs[:, t], last_actions, avail[:, t], hidden, explore)
+        step_actions = step_actions.cpu()
+        res = env.step(step_actions)
+        live = active.float()
+        actions[:, t] = step_actions * active.unsqueeze(-1)
+        reward[:, t] = res.reward * live
+        terminated[:, t] = res.terminated.float() * live
+        filled[:, t] = live
+        # Finished copies keep their last valid inputs so the policy never sees post-episode garbage.
+        keep = active.view(-1, 1, 1)
+        obs[:, t + 1] = torch.where(keep, res.obs, obs[:, t])
+        state[:, t + 1] = torch.where(active.view(-1, 1), res.state, state[:, t])
+        avail[:, t + 1] = torch.where(keep, res.avail_actions, avail[:, t])
+        ended = active & (res.terminated | res.truncated)
+        lengths[ended] = t + 1
+        won |= ended & res.battle_won
+        truncated |= ended & res.truncated & ~res.terminated
+        active &= ~ended
+        last_actions = step_actions
+        if not bool(active.any()):
+            break
+    truncated |= active  # copies that never reported an end ran into the limit
+    max_t = int(lengths.max())
+    # Zero everything past each episode's final observation.
+    valid_obs = (torch.arange(limit + 1).unsqueeze(0) <= lengths.unsqueeze(1)).float()
+    obs *= valid_obs.view(n_envs, limit + 1, 1, 1)
+    state *= valid_obs.unsqueeze(-1)
+    avail &= valid_obs.bool().view(n_envs, limit + 1, 1, 1)
+    batch = EpisodeBatch(obs, state, avail, actions, reward, terminated, filled).truncate(max_t)
+    return Rollout(batch, lengths, reward.sum(1), won, truncated)

@@ -1,0 +1,55 @@
+"""Environment families behind one interface (:class:`VecEnv`), looked up by family name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, StepResult, VecEnv
+
+
+def _smax_info(map_name: str, **kwargs: Any) -> EnvInfo:
+    from acorm_pl.envs.smax import smax_env_info
+
+    return smax_env_info(map_name, **kwargs)
+
+
+def _smax_make(map_name: str, seeds: Sequence[int], **kwargs: Any) -> VecEnv:
+    from acorm_pl.envs.smax import SMAXVecEnv
+
+    return SMAXVecEnv(map_name, seeds=seeds, **kwargs)
+
+
+# family -> (env_info(map_name, **kwargs), make(map_name, seeds, **kwargs)); imports stay lazy so a
+# family's heavy dependency (jax, gfootball, StarCraft II) is only needed when it is used.
+FAMILIES: dict[str, tuple[Callable[..., EnvInfo], Callable[..., VecEnv]]] = {
+    "smax": (_smax_info, _smax_make),
+}
+
+
+def _family(name: str) -> tuple[Callable[..., EnvInfo], Callable[..., VecEnv]]:
+    if name not in FAMILIES:
+        raise EnvConfigError(f"unknown environment family {name!r}; available: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def get_env_info(family: str, map_name: str, **kwargs: Any) -> EnvInfo:
+    """Static facts of ``family``/``map_name`` without building the environments."""
+    return _family(family)[0](map_name, **kwargs)
+
+
+def make_vec_env(family: str, map_name: str, seeds: Sequence[int], **kwargs: Any) -> VecEnv:
+    """``len(seeds)`` copies of ``family``/``map_name``, copy ``i`` seeded with ``seeds[i]``."""
+    return _family(family)[1](map_name, seeds=seeds, **kwargs)
+
+
+__all__ = [
+    "FAMILIES",
+    "EnvConfigError",
+    "EnvInfo",
+    "ResetResult",
+    "StepResult",
+    "VecEnv",
+    "get_env_info",
+    "make_vec_env",
+]

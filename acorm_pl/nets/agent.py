@@ -1,0 +1,73 @@
+"""Agent-side networks: the trajectory encoder (MLP + GRU -> agent embedding) and the recurrent Q agent."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def agent_inputs(
+    obs: torch.Tensor, last_actions: torch.Tensor | None, n_actions: int, add_agent_id: bool
+) -> torch.Tensor:
+    """Per-agent network input [o_t, onehot(a_{t-1}) (, agent id)] for obs [..., N, obs_dim].
+
+    ``last_actions`` holds integer actions a_{t-1} with shape obs.shape[:-1]; -1 means "no previous
+    action" (t = 0) and encodes as zeros. ``None`` leaves the last action out.
+    """
+    parts = [obs]
+    if last_actions is not None:
+        onehot = F.one_hot(last_actions.clamp(min=0), n_actions).to(obs.dtype)
+        parts.append(onehot * (last_actions >= 0).unsqueeze(-1).to(obs.dtype))
+    if add_agent_id:
+        n_agents = obs.shape[-2]
+        eye = torch.eye(n_agents, dtype=obs.dtype, device=obs.device)
+        parts.append(eye.expand(*obs.shape[:-1], n_agents))
+    return torch.cat(parts, dim=-1)
+
+
+def shift_actions(actions: torch.Tensor) -> torch.Tensor:
+    """Last actions a_{t-1} for t = 0..T from actions [B, T, N]: -1 at t = 0, then a_0..a_{T-1} ([B, T+1, N])."""
+    first = torch.full_like(actions[:, :1], -1)
+    return torch.cat([first, actions], dim=1)
+
+
+class TrajectoryEncoder(nn.Module):
+    """e_i^t = GRU(MLP([o_i^t, a_i^{t-1}]), e_i^{t-1}): the agent embedding, shared by all agents.
+
+    Runs over whole sequences in one ``nn.GRU`` call (inputs never depend on earlier outputs).
+    """
+
+    def __init__(self, input_dim: int, embed_dim: int = 64):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.fc = nn.Linear(input_dim, embed_dim)
+        self.gru = nn.GRU(embed_dim, embed_dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, N, D] -> embeddings [B, T, N, H] and last hidden [B, N, H]."""
+        b, t, n, d = x.shape
+        seq = x.permute(0, 2, 1, 3).reshape(b * n, t, d)
+        hidden = F.relu(self.fc(seq))
+        h = None if h0 is None else h0.reshape(1, b * n, self.embed_dim).to(hidden.dtype)
+        # The GRU runs in the weights' dtype; under autocast its input may arrive in bf16.
+        out, h_n = self.gru(hidden.to(self.gru.weight_hh_l0.dtype), h)
+        out = out.reshape(b, n, t, self.embed_dim).permute(0, 2, 1, 3)
+        return out, h_n.reshape(b, n, self.embed_dim)
+
+    def initial_state(self, batch: int, n_agents: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(batch, n_agents, self.embed_dim, device=device)
+
+
+class RecurrentQAgent(nn.Module):
+    """Individual Q-network: trajectory encoder then a linear head to Q_i(e_i, .) over all actions."""
+
+    def __init__(self, input_dim: int, n_actions: int, embed_dim: int = 64):
+        super().__init__()
+        self.encoder = TrajectoryEncoder(input_dim, embed_dim)
+        self.head = nn.Linear(embed_dim, n_actions)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, N, D] -> Q values [B, T, N, A] and last hidden [B, N, H]."""
+        embedding, h_n = self.encoder(x, h0)
+        return self.head(embedding), h_n

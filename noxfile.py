@@ -1,0 +1,20 @@
+"""nox sessions: ``nox -s tests`` runs the suite, ``nox -s lint`` runs ruff."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+TORCH = "torch==2.13.0"  # the local CPU build; the package's own range admits it
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    session.install(TORCH)
+    session.install("-e", ".[smax,dev]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "acorm_pl", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "--diff", "acorm_pl/losses")

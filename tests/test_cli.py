@@ -1,0 +1,150 @@
+"""End-to-end ``acorm-pl fit`` runs on SMAX 3m: MLflow records, resume, precision, DDP and error messages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from acorm_pl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--config", str(REPO / "conf" / "quickstart.yaml"),
+    "--data.n_envs", "4", "--data.buffer_size", "64", "--data.batch_size", "4",
+    "--data.total_env_steps", "400", "--data.epoch_env_steps", "200",
+    "--evaluation.eval_interval", "200", "--evaluation.n_eval_episodes", "4",
+    "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
+]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def _client(workdir: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+
+
+def _runs(workdir: Path, experiment: str = "quickstart"):
+    client = _client(workdir)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def _checkpoints(run) -> Path:
+    return Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoints"
+
+
+def test_fit_writes_mlflow_run_with_test_metrics_against_env_steps(workdir):
+    main(["fit", *TINY])
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED"
+    client = _client(workdir)
+    history = client.get_metric_history(run.info.run_id, "test/win_rate")
+    steps = [m.step for m in history]
+    assert steps[0] == 0 and steps[-1] >= 400 and len(steps) >= 3  # start, every 200 env steps, end
+    for key in ("test/return_mean", "test/ep_length_mean", "train/td_loss", "train/epsilon", "train/q_taken_mean",
+                "train/target_mean", "perf/env_steps_per_s", "perf/updates_per_s", "perf/buffer_episodes"):
+        assert key in run.data.metrics, key
+    td_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/td_loss")]
+    assert all(0 < s <= 500 for s in td_steps)  # logged against env steps, not optimizer steps
+    assert run.data.params["map_name"] == "3m"
+    config = (Path(run.info.artifact_uri.removeprefix("file://")) / "config.yaml").read_text()
+    assert "map_name: 3m" in config and "total_env_steps: 400" in config
+    assert (_checkpoints(run) / "last.ckpt").exists()
+
+
+def test_resume_continues_env_steps_buffer_and_run(workdir):
+    main(["fit", *TINY])
+    (run,) = _runs(workdir)
+    ckpt = _checkpoints(run) / "last.ckpt"
+    first = torch.load(ckpt, weights_only=False)
+    dm_state = first["RolloutDataModule"]
+    assert dm_state["env_steps"] >= 400 and dm_state["buffer"]["size"] == dm_state["episodes"]
+    assert first["state_dict"]["n_updates"] > 0 and first["optimizer_states"]
+    main(["fit", *TINY, "--data.total_env_steps", "800", "--ckpt_path", str(ckpt)])
+    runs = _runs(workdir)
+    assert len(runs) == 1, "the resumed fit must continue the same MLflow run"
+    second = torch.load(_checkpoints(runs[0]) / "last.ckpt", weights_only=False)
+    dm2 = second["RolloutDataModule"]
+    assert dm2["env_steps"] >= 800 and dm2["episodes"] > dm_state["episodes"]
+    assert dm2["buffer"]["episodes_added"] == dm2["episodes"]  # the old episodes were kept, new ones added
+    assert torch.equal(dm2["buffer"]["storage"]["obs"][: dm_state["buffer"]["size"]][:1],
+                       dm_state["buffer"]["storage"]["obs"][:1])
+    assert second["state_dict"]["n_updates"] > first["state_dict"]["n_updates"]
+    win_steps = [m.step for m in _client(workdir).get_metric_history(runs[0].info.run_id, "test/win_rate")]
+    assert max(win_steps) >= 800
+
+
+def test_bf16_mixed_fit(workdir):
+    main(["fit", *TINY, "--trainer.precision", "bf16-mixed"])
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED"
+    assert torch.isfinite(torch.tensor(run.data.metrics["train/td_loss"]))
+    ckpt = torch.load(_checkpoints(run) / "last.ckpt", weights_only=False)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["state_dict"].values())
+
+
+def test_failed_run_is_marked_failed_and_keeps_checkpoints(workdir):
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["fit", *TINY, "--data.total_env_steps", "2000",
+              "--trainer.callbacks+=failing_callback.ExplodeAtEnvSteps", "--trainer.callbacks.env_steps", "450"])
+    (run,) = _runs(workdir)
+    assert run.info.status == "FAILED"
+    ckpt = torch.load(_checkpoints(run) / "last.ckpt", weights_only=False)  # written before the failure
+    assert ckpt["RolloutDataModule"]["env_steps"] >= 200
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data.map_name", "MMM2"], "unknown SMAX map 'MMM2'; available:"),
+        (["--data.batch_size", "0"], "data.batch_size must be a positive integer, got 0"),
+        (["--data.n_envs", "two"], "data.n_envs"),
+        (["--model.init_args.target_update", "sometimes"], "model.target_update must be 'soft' or 'hard'"),
+        (["--epsilon.anneal_steps", "0"], "epsilon.anneal_steps must be a positive integer, got 0"),
+    ],
+)
+def test_bad_config_values_fail_with_one_line(workdir, capsys, args, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *TINY, *args])
+    assert exit_info.value.code == 2
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("acorm-pl: error:")]
+    assert len(err_lines) == 1 and expected in err_lines[0], err_lines
+    assert not _runs(workdir)  # nothing was started
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(workdir):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "acorm_pl.cli", "fit", *TINY, "--trainer.accelerator", "cpu",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED"
+    ckpt = torch.load(_checkpoints(run) / "last.ckpt", weights_only=False)
+    dm = ckpt["RolloutDataModule"]
+    assert dm["world_size"] == 2 and dm["env_steps"] >= 400
+    assert dm["episodes"] == 2 * dm["buffer"]["episodes_added"]  # each rank holds its own 4 envs' episodes
+    assert "test/win_rate" in run.data.metrics
+
+
+def test_mlflow_tracking_uri_from_environment(workdir, monkeypatch):
+    uri = f"sqlite:///{workdir / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    main(["fit", *TINY, "--data.total_env_steps", "200"])
+    assert not (workdir / "mlruns.db").exists()
+    mlflow.set_tracking_uri(uri)
+    assert len(mlflow.search_runs(experiment_names=["quickstart"])) == 1

@@ -1,0 +1,124 @@
+"""Rollout bookkeeping and the episode replay buffer, checked exactly on a scripted environment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scripted_env import ScriptedVecEnv
+
+from acorm_pl.data import EpisodeReplayBuffer, collect_rollout
+
+
+class CountingActor:
+    """Acts a = (step + agent) % 3 and records what it was shown."""
+
+    def __init__(self) -> None:
+        self.seen_last_actions: list[torch.Tensor] = []
+
+    def initial_state(self, n_envs: int) -> torch.Tensor:
+        return torch.zeros(n_envs)
+
+    def act(self, obs, last_actions, avail, hidden, explore):
+        self.seen_last_actions.append(last_actions.clone())
+        n_agents = obs.shape[1]
+        a = (hidden.long().unsqueeze(1) + torch.arange(n_agents)) % 3
+        assert bool(avail.gather(-1, a.unsqueeze(-1)).all()), "acted on an unavailable action"
+        return a, hidden + 1
+
+
+@pytest.fixture
+def rollout():
+    env = ScriptedVecEnv(lengths=[2, 6, 4], won=[True, False, False], limit=6)
+    return collect_rollout(env, CountingActor(), explore=True)
+
+
+def test_rollout_lengths_outcomes_and_masks(rollout):
+    assert rollout.lengths.tolist() == [2, 6, 4]
+    assert rollout.won.tolist() == [True, False, False]
+    assert rollout.truncated.tolist() == [False, True, False]  # env 1 hit the limit of 6
+    ep = rollout.episodes
+    assert ep.max_t == 6 and ep.obs.shape == (3, 7, 2, 3) and ep.state.shape == (3, 7, 2)
+    expected_filled = torch.tensor([[1, 1, 0, 0, 0, 0], [1] * 6, [1, 1, 1, 1, 0, 0]], dtype=torch.float32)
+    assert torch.equal(ep.filled, expected_filled)
+    assert torch.equal(ep.reward, expected_filled)  # reward 1 per real step, 0 in padding
+    # terminal flag only on the last step of terminated episodes; the truncated one never terminates
+    expected_term = torch.zeros(3, 6)
+    expected_term[0, 1] = expected_term[2, 3] = 1
+    assert torch.equal(ep.terminated, expected_term)
+    assert rollout.returns.tolist() == [2.0, 6.0, 4.0]
+
+
+def test_rollout_keeps_final_observation_and_zeroes_padding(rollout):
+    ep = rollout.episodes
+    # obs[.., t, :, 0] = t up to and including the observation after the last step
+    assert ep.obs[0, :3, 0, 0].tolist() == [0, 1, 2] and ep.obs[0, 3:].abs().sum() == 0
+    assert ep.obs[2, :5, 0, 0].tolist() == [0, 1, 2, 3, 4] and ep.obs[2, 5:].abs().sum() == 0
+    assert not ep.avail_actions[0, 3:].any() and ep.avail_actions[0, :3, :, :3].all()
+    assert ep.actions[0, 2:].abs().sum() == 0  # no actions stored past the end
+
+
+def test_rollout_feeds_last_actions_in_step():
+    env = ScriptedVecEnv(lengths=[3, 3], won=[False, False], limit=4)
+    actor = CountingActor()
+    r = collect_rollout(env, actor, explore=False)
+    assert (actor.seen_last_actions[0] == -1).all()  # no previous action at t = 0
+    for t in range(1, 3):  # a_{t-1} is exactly what was executed at t-1
+        assert torch.equal(actor.seen_last_actions[t], r.episodes.actions[:, t - 1])
+
+
+def test_buffer_insert_sample_truncates_to_longest(rollout):
+    buf = EpisodeReplayBuffer(_info(), capacity=5)
+    buf.add(rollout.episodes, rollout.lengths)
+    assert len(buf) == 3 and buf.can_sample(3) and not buf.can_sample(4)
+    batch = buf.sample(3)
+    assert batch.max_t == 6
+    short = rollout.episodes.truncate(4)
+    buf2 = EpisodeReplayBuffer(_info(), capacity=5)
+    buf2.add(short, rollout.lengths.clamp(max=4))
+    b2 = buf2.sample(3)
+    assert b2.max_t == 4 and b2.obs.shape[1] == 5
+    # every sampled episode matches what was stored, mask included
+    order = b2.obs[:, 0, 0, 1].long()  # obs[..., 1] holds the env index
+    assert torch.equal(b2.filled, short.filled[order])
+
+
+def _info():
+    return ScriptedVecEnv([1], [False], limit=6).info
+
+
+def test_buffer_is_fifo_and_preallocated(rollout):
+    buf = EpisodeReplayBuffer(_info(), capacity=4)
+    assert buf.nbytes == sum(t.numel() * t.element_size() for t in buf.storage.values())
+    assert buf.storage["obs"].dtype == torch.float32 and buf.storage["obs"].shape == (4, 7, 2, 3)
+    buf.add(rollout.episodes, rollout.lengths)  # slots 0, 1, 2
+    buf.add(rollout.episodes, rollout.lengths)  # slot 3, then overwrites 0, 1
+    assert len(buf) == 4 and buf.insert_pos == 2 and buf.episodes_added == 6
+    assert buf.lengths.tolist() == [6, 4, 4, 2]
+    # the overwritten slot 1 (was a length-6 episode) holds the length-4 episode with clean padding
+    assert buf.storage["filled"][1].tolist() == [1, 1, 1, 1, 0, 0]
+    assert buf.storage["obs"][1, 5:].abs().sum() == 0
+
+
+def test_buffer_state_dict_round_trip(rollout):
+    buf = EpisodeReplayBuffer(_info(), capacity=8, seed=3)
+    buf.add(rollout.episodes, rollout.lengths)
+    buf.sample(2)
+    state = buf.state_dict()
+    restored = EpisodeReplayBuffer(_info(), capacity=8, seed=99)
+    restored.load_state_dict(state)
+    assert (len(restored), restored.insert_pos, restored.episodes_added) == (3, 3, 3)
+    for k in buf.storage:
+        assert torch.equal(buf.storage[k], restored.storage[k])
+    a, b = buf.sample(2), restored.sample(2)  # same RNG state -> same draws
+    assert torch.equal(a.obs, b.obs) and torch.equal(a.actions, b.actions)
+
+
+def test_buffer_rejects_bad_capacity_and_mismatched_checkpoint(rollout):
+    with pytest.raises(ValueError, match="capacity"):
+        EpisodeReplayBuffer(_info(), capacity=0)
+    buf = EpisodeReplayBuffer(_info(), capacity=8)
+    buf.add(rollout.episodes, rollout.lengths)
+    with pytest.raises(ValueError, match="capacity 8 differs"):
+        EpisodeReplayBuffer(_info(), capacity=4).load_state_dict(buf.state_dict())
+    with pytest.raises(ValueError, match="cannot sample 9"):
+        buf.sample(9)
