@@ -64,21 +64,27 @@ def trainer_defaults() -> dict[str, Any]:
     }
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> ACORMCLI:
+    """The acorm-pl CLI; with ``run=False`` it only parses ``args`` and instantiates the objects."""
+    return ACORMCLI(
+        model_class=None,
+        datamodule_class=RolloutDataModule,
+        subclass_mode_model=True,
+        save_config_callback=MLflowSaveConfig,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults=trainer_defaults(),
+        seed_everything_default=0,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point; configuration errors end with one line on stderr and exit code 2."""
     try:
-        ACORMCLI(
-            model_class=None,
-            datamodule_class=RolloutDataModule,
-            subclass_mode_model=True,
-            save_config_callback=MLflowSaveConfig,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults=trainer_defaults(),
-            seed_everything_default=0,
-            args=args,
-            auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False},
-        )
+        build_cli(args)
     except (ValueError, ArgumentError) as err:
         cause = _config_error_in(err)
         if cause is None:
@@ -98,7 +104,7 @@ def _config_error_in(err: BaseException) -> BaseException | None:
     return None
 
 
-__all__ = ["ACORMCLI", "EnvStepProgressBar", "EpsilonSchedule", "Evaluation", "ThroughputMonitor", "main"]
+__all__ = ["ACORMCLI", "build_cli", "main"]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,14 @@ import torch
 from acorm_pl.algos import QMIX
 from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
-from acorm_pl.losses import double_q_next_values, epsilon_greedy, greedy_actions, masked_td_loss, td_targets
+from acorm_pl.losses import (
+    double_q_next_values,
+    epsilon_greedy,
+    greedy_actions,
+    masked_td_loss,
+    td_lambda_targets,
+    td_targets,
+)
 from acorm_pl.nets import QMixer, agent_inputs, shift_actions
 
 INFO = EnvInfo(n_agents=3, n_actions=5, obs_dim=4, state_dim=6, episode_limit=7)
@@ -32,6 +39,21 @@ def test_td_targets_terminal_vs_truncated():
     y = td_targets(reward, terminated, next_q, gamma=0.9)
     assert torch.allclose(y, torch.tensor([[1 + 0.9 * 5, 2.0, 3 + 0.9 * 11]]))
     assert y.dtype == torch.float32
+
+
+def test_td_lambda_targets_by_hand():
+    r, v = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 20.0, 30.0]])
+    none, full = torch.zeros(1, 3), torch.ones(1, 3)
+    # gamma = lambda = 0.5: y2 = 3 + .5*30 = 18; y1 = 2 + .5*(.5*20 + .5*18) = 11.5; y0 = 1 + .5*(.5*10 + .5*11.5)
+    y = td_lambda_targets(r, none, full, v, gamma=0.5, td_lambda=0.5)
+    assert torch.allclose(y, torch.tensor([[6.375, 11.5, 18.0]]))
+    # a terminal at t=1 cuts the return: y1 = 2, y0 = 1 + .5*(.5*10 + .5*2) = 4
+    y = td_lambda_targets(r, torch.tensor([[0.0, 1.0, 0.0]]), full, v, gamma=0.5, td_lambda=0.5)
+    assert torch.allclose(y[:, :2], torch.tensor([[4.0, 2.0]]))
+    # a 2-step truncated episode: its last step bootstraps fully, y1 = 2 + .5*20 = 12, y0 = 1 + .5*(5 + 6) = 6.5
+    y = td_lambda_targets(r, none, torch.tensor([[1.0, 1.0, 0.0]]), v, gamma=0.5, td_lambda=0.5)
+    assert torch.allclose(y[:, :2], torch.tensor([[6.5, 12.0]]))
+    assert torch.allclose(td_lambda_targets(r, none, full, v, 0.5, 0.0), td_targets(r, none, v, 0.5))
 
 
 def test_masked_td_loss_ignores_padding():
@@ -115,8 +137,9 @@ def test_td_loss_gradients_reach_online_networks_only():
     assert set(stats) == {"q_taken_mean", "target_mean"}
 
 
-def test_td_loss_ignores_padded_steps_and_respects_terminals():
-    model = QMIX(env_info=INFO.as_dict())
+@pytest.mark.parametrize("td_lambda", [0.0, 0.6])
+def test_td_loss_ignores_padded_steps_and_respects_terminals(td_lambda):
+    model = QMIX(env_info=INFO.as_dict(), td_lambda=td_lambda)
     batch = _batch()
     base, _ = model.td_loss(batch)
     batch.reward[0, 4] = 1e6  # padding of episode 0
@@ -163,14 +186,16 @@ def test_step_by_step_acting_matches_whole_sequence_learning():
     model = QMIX(env_info=INFO.as_dict())
     batch = _batch(b=2, t=4)
     x = model.inputs(batch.obs, shift_actions(batch.actions))
-    q_seq, _ = model.agent_q(x)
+    q_seq = model.agent_forward(x).q
     h = model.initial_state(2)
     for t in range(4):
-        q_t, h = model.agent_q(x[:, t : t + 1], h0=h)
-        assert torch.allclose(q_t[:, 0], q_seq[:, t], atol=1e-5)
+        out = model.agent_forward(x[:, t : t + 1], h0=h)
+        h = out.hidden
+        assert torch.allclose(out.q[:, 0], q_seq[:, t], atol=1e-5)
 
 
-@pytest.mark.parametrize("bad", [{"gamma": 1.5}, {"target_update": "polyak"}, {"lr": 0.0}, {"hypernet_layers": 3}])
+@pytest.mark.parametrize("bad", [{"gamma": 1.5}, {"target_update": "polyak"}, {"lr": 0.0}, {"hypernet_layers": 3},
+                                 {"td_lambda": -0.1}])
 def test_invalid_model_values_fail_with_one_line(bad):
     with pytest.raises(ValueError) as err:
         QMIX(env_info=INFO.as_dict(), **bad)

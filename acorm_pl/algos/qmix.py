@@ -2,7 +2,7 @@
 
 Read top to bottom next to Rashid et al. (2018): agent Q-values over whole episodes, double-Q targets
 from target networks, monotonic mixing conditioned on the state, masked TD loss. ACORM (next module)
-overrides the hooks ``agent_q`` and ``mixer_conditioning`` and adds its own optimizer.
+overrides the hooks ``agent_forward`` and ``mixer_conditioning`` and adds its own optimizer.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from torch import nn
 from acorm_pl.data.datamodule import require
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
-from acorm_pl.losses import double_q_next_values, epsilon_greedy, masked_td_loss, td_targets
-from acorm_pl.nets import QMixer, RecurrentQAgent, agent_inputs, shift_actions
+from acorm_pl.losses import double_q_next_values, epsilon_greedy, masked_td_loss, td_lambda_targets, td_targets
+from acorm_pl.nets import AgentOutput, QMixer, RecurrentQAgent, agent_inputs, shift_actions
 
 
 class QMIX(pl.LightningModule):
@@ -33,6 +33,7 @@ class QMIX(pl.LightningModule):
         hypernet_embed: hypernetwork hidden size.
         hypernet_layers: 1 or 2 layers in the weight hypernetworks.
         gamma: discount factor.
+        td_lambda: lambda of TD(lambda) targets; 0 gives the paper's one-step double-Q targets.
         lr: Adam learning rate of the TD optimizer.
         adam_eps: Adam epsilon.
         grad_clip_norm: gradient-norm clip of the TD update (0 disables).
@@ -53,6 +54,7 @@ class QMIX(pl.LightningModule):
         hypernet_embed: int = 64,
         hypernet_layers: int = 2,
         gamma: float = 0.99,
+        td_lambda: float = 0.0,
         lr: float = 6e-4,
         adam_eps: float = 1e-5,
         grad_clip_norm: float = 10.0,
@@ -64,6 +66,7 @@ class QMIX(pl.LightningModule):
         super().__init__()
         require(env_info is not None, "model.env_info is missing: it is linked from the data module by the CLI")
         require(0.0 <= gamma <= 1.0, f"model.gamma must be in [0, 1], got {gamma}")
+        require(0.0 <= td_lambda <= 1.0, f"model.td_lambda must be in [0, 1], got {td_lambda}")
         require(lr > 0, f"model.lr must be > 0, got {lr}")
         require(target_update in ("soft", "hard"),
                 f"model.target_update must be 'soft' or 'hard', got {target_update!r}")
@@ -95,12 +98,12 @@ class QMIX(pl.LightningModule):
     def mixer_cond_dim(self) -> int:
         return self.info.state_dim
 
-    def agent_q(self, inputs: torch.Tensor, target: bool = False, h0: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-agent Q values [B, T, N, A] for agent inputs [B, T, N, D], and the last recurrent state."""
+    def agent_forward(self, inputs: torch.Tensor, target: bool = False, h0: torch.Tensor | None = None
+                      ) -> AgentOutput:
+        """Per-agent Q values [B, T, N, A] (and embeddings) for agent inputs [B, T, N, D]."""
         return (self.target_agent if target else self.agent)(inputs, h0)
 
-    def mixer_conditioning(self, batch: EpisodeBatch, target: bool = False) -> torch.Tensor:
+    def mixer_conditioning(self, batch: EpisodeBatch, agents: AgentOutput, target: bool = False) -> torch.Tensor:
         """What the mixer's hypernetworks see at every time step: the raw state for QMIX ([B, T+1, S])."""
         return batch.state
 
@@ -130,24 +133,30 @@ class QMIX(pl.LightningModule):
             explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Epsilon-greedy (or greedy) actions for one step of ``E`` environments."""
         x = self.inputs(obs.to(self.device).unsqueeze(1), last_actions.to(self.device).unsqueeze(1))
-        q, hidden = self.agent_q(x, h0=hidden)
+        out = self.agent_forward(x, h0=hidden)
         eps = self.epsilon if explore else 0.0
-        return epsilon_greedy(q[:, 0].float(), avail.to(self.device), eps, self.action_generator), hidden
+        return epsilon_greedy(out.q[:, 0].float(), avail.to(self.device), eps, self.action_generator), out.hidden
 
     # ---- learning --------------------------------------------------------------------------------------
     def td_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Masked double-Q TD loss of QMIX over a batch of episodes, with summary statistics."""
         hp = self.hparams
         x = self.inputs(batch.obs, shift_actions(batch.actions))  # [B, T+1, N, D]
-        q, _ = self.agent_q(x)  # [B, T+1, N, A]
+        online = self.agent_forward(x)
+        q = online.q  # [B, T+1, N, A]
         with torch.no_grad():
-            target_q, _ = self.agent_q(x, target=True)
+            target = self.agent_forward(x, target=True)
+            target_q = target.q
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # Q_i(o_t, a_t)
         next_values = double_q_next_values(q[:, 1:].detach(), target_q[:, 1:], batch.avail_actions[:, 1:], hp.double_q)
-        q_tot = self.mixer(q_taken, self.mixer_conditioning(batch)[:, :-1]).float()
+        q_tot = self.mixer(q_taken, self.mixer_conditioning(batch, online)[:, :-1]).float()
         with torch.no_grad():
-            next_q_tot = self.target_mixer(next_values, self.mixer_conditioning(batch, target=True)[:, 1:])
-        targets = td_targets(batch.reward, batch.terminated, next_q_tot, hp.gamma)
+            next_q_tot = self.target_mixer(next_values, self.mixer_conditioning(batch, target, target=True)[:, 1:])
+        if hp.td_lambda > 0:
+            targets = td_lambda_targets(batch.reward, batch.terminated, batch.filled, next_q_tot, hp.gamma,
+                                        hp.td_lambda)
+        else:
+            targets = td_targets(batch.reward, batch.terminated, next_q_tot, hp.gamma)
         loss = masked_td_loss(q_tot, targets, batch.filled)
         mask = batch.filled.float()
         n_valid = mask.sum().clamp(min=1.0)

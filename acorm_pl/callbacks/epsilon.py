@@ -10,7 +10,13 @@ from acorm_pl.data.datamodule import require
 
 
 class EpsilonSchedule(pl.Callback):
-    """epsilon(t) = start + (finish - start) * min(1, t / anneal_steps), t = env steps; sets ``module.epsilon``."""
+    """epsilon(t) = start + (finish - start) * min(1, t / anneal_steps), t = env steps; sets ``module.epsilon``.
+
+    Args:
+        start: exploration rate at env step 0.
+        finish: exploration rate after ``anneal_steps`` env steps (kept from then on).
+        anneal_steps: env steps of the linear anneal (80k in the paper).
+    """
 
     def __init__(self, start: float = 1.0, finish: float = 0.02, anneal_steps: int = 80_000):
         require(0.0 <= finish <= 1.0 and 0.0 <= start <= 1.0,

@@ -11,7 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class EnvStepProgressBar(ProgressBar):
-    """Shows env steps against the budget, episodes, the latest test win rate and env steps/s (rank 0 only)."""
+    """Shows env steps against the budget, episodes, the latest test win rate and env steps/s (rank 0 only).
+
+    Args:
+        refresh_per_second: redraws per second.
+        console: the rich console to draw on (default: stdout).
+    """
 
     def __init__(self, refresh_per_second: float = 4.0, console: Console | None = None):
         super().__init__()

@@ -11,7 +11,11 @@ import lightning.pytorch as pl
 
 class ThroughputMonitor(pl.Callback):
     """Logs perf/env_steps_per_s, perf/updates_per_s, perf/buffer_episodes and the outcome of the latest
-    training episodes (train/return_mean, train/win_rate), rates over the last ``window`` updates."""
+    training episodes (train/return_mean, train/win_rate), rates over the last ``window`` updates.
+
+    Args:
+        window: number of recent training steps the rates are measured over.
+    """
 
     def __init__(self, window: int = 50):
         self.window = max(2, window)

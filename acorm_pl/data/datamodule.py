@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from acorm_pl.data.episode_buffer import EpisodeBatch, EpisodeReplayBuffer
 from acorm_pl.data.rollout import Rollout, collect_rollout
 from acorm_pl.envs import EnvInfo, VecEnv, get_env_info, make_vec_env
-
-log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -111,10 +109,8 @@ class RolloutDataModule(pl.LightningDataModule):
         if self.buffer is None:
             self.buffer = EpisodeReplayBuffer(self.env_info, self.buffer_size, self.buffer_device,
                                               seed=self.seed + 1000 * self.rank)
-            if self.rank == 0:
-                log.info("replay buffer: %d episodes x %d steps preallocated, %.1f MiB (float32) on %s",
-                         self.buffer_size, self.env_info.episode_limit, self.buffer.nbytes / 2**20,
-                         self.buffer_device)
+            rank_zero_info(f"replay buffer: {self.buffer_size} episodes x {self.env_info.episode_limit} steps "
+                           f"preallocated, {self.buffer.nbytes / 2**20:.1f} MiB (float32) on {self.buffer_device}")
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None

@@ -6,6 +6,7 @@ from acorm_pl.losses.td import (
     greedy_actions,
     mask_unavailable,
     masked_td_loss,
+    td_lambda_targets,
     td_targets,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "greedy_actions",
     "mask_unavailable",
     "masked_td_loss",
+    "td_lambda_targets",
     "td_targets",
 ]

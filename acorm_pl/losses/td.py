@@ -25,6 +25,37 @@ def td_targets(
     return reward.float() + gamma * (1.0 - terminated.float()) * next_q_tot.float()
 
 
+def td_lambda_targets(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    filled: torch.Tensor,
+    next_q_tot: torch.Tensor,
+    gamma: float,
+    td_lambda: float,
+) -> torch.Tensor:
+    """TD(lambda) targets over whole episodes, all [B, T]; off-policy without correction, as pymarl2's.
+
+    y_t = r_t + gamma * (1 - terminated_t) * [(1 - lambda) * Q_tot^-(s_{t+1}) + lambda * y_{t+1}],
+    where the last real step of an episode bootstraps fully from Q_tot^-(s_{t+1}) (y_{t+1} does not
+    exist). lambda = 0 gives :func:`td_targets`. Solved for all t at once with a [B, T, T] product of
+    the per-step links c_t = gamma * lambda * (1 - terminated_t) * filled_{t+1} (no loop over time).
+    """
+    reward, terminated, filled, next_q = reward.float(), terminated.float(), filled.float(), next_q_tot.float()
+    b, t = reward.shape
+    next_real = torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
+    not_done = 1.0 - terminated
+    # y_t = base_t + link_t * y_{t+1}
+    base = reward + gamma * not_done * next_q * (1.0 - td_lambda * next_real)
+    link = gamma * td_lambda * not_done * next_real
+    # weight[t, k] = prod_{j=t}^{k-1} link_j for k >= t (1 on the diagonal, 0 below it)
+    upper = torch.ones(t, t, dtype=torch.bool, device=reward.device).triu()
+    factors = torch.where(upper, link.unsqueeze(1).expand(b, t, t), torch.ones((), device=reward.device))
+    weight = torch.cumprod(factors, dim=2)
+    weight = torch.cat([torch.ones_like(weight[..., :1]), weight[..., :-1]], dim=2)
+    weight = weight * torch.ones(t, t, device=reward.device).triu()
+    return (weight @ base.unsqueeze(-1)).squeeze(-1)
+
+
 def double_q_next_values(
     online_q_next: torch.Tensor, target_q_next: torch.Tensor, avail_next: torch.Tensor, double_q: bool = True
 ) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Small nn.Modules: agent networks and mixers."""
 
-from acorm_pl.nets.agent import RecurrentQAgent, TrajectoryEncoder, agent_inputs, shift_actions
+from acorm_pl.nets.agent import AgentOutput, RecurrentQAgent, TrajectoryEncoder, agent_inputs, shift_actions
 from acorm_pl.nets.mixers import QMixer
 
-__all__ = ["QMixer", "RecurrentQAgent", "TrajectoryEncoder", "agent_inputs", "shift_actions"]
+__all__ = ["AgentOutput", "QMixer", "RecurrentQAgent", "TrajectoryEncoder", "agent_inputs", "shift_actions"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,6 +61,16 @@ class TrajectoryEncoder(nn.Module):
         return torch.zeros(batch, n_agents, self.embed_dim, device=device)
 
 
+@dataclass
+class AgentOutput:
+    """What an agent network computes over a sequence."""
+
+    q: torch.Tensor  # [B, T, N, A] individual Q values
+    hidden: torch.Tensor  # [B, N, H] recurrent state after the last step
+    embedding: torch.Tensor  # [B, T, N, H] agent embeddings e_i^t
+    roles: torch.Tensor | None = None  # [B, T, N, R] role representations z_i^t (ACORM)
+
+
 class RecurrentQAgent(nn.Module):
     """Individual Q-network: trajectory encoder then a linear head to Q_i(e_i, .) over all actions."""
 
@@ -67,7 +79,7 @@ class RecurrentQAgent(nn.Module):
         self.encoder = TrajectoryEncoder(input_dim, embed_dim)
         self.head = nn.Linear(embed_dim, n_actions)
 
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, N, D] -> Q values [B, T, N, A] and last hidden [B, N, H]."""
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> AgentOutput:
+        """x [B, T, N, D] -> Q values [B, T, N, A], embeddings and the last hidden state."""
         embedding, h_n = self.encoder(x, h0)
-        return self.head(embedding), h_n
+        return AgentOutput(q=self.head(embedding), hidden=h_n, embedding=embedding)
