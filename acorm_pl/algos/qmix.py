@@ -174,8 +174,7 @@ class QMIX(pl.LightningModule):
         opt.step()
         self.n_updates += 1
         self.update_targets()
-        self.log_train({"train/td_loss": loss.detach(), "train/q_taken_mean": stats["q_taken_mean"],
-                        "train/target_mean": stats["target_mean"]})
+        self.log_train({"train/td_loss": loss.detach(), **{f"train/{k}": v for k, v in stats.items()}})
         return loss.detach()
 
     @torch.no_grad()
@@ -199,8 +198,19 @@ class QMIX(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return int(getattr(dm, "env_steps", 0))
 
+    def should_log(self) -> bool:
+        """Whether Lightning flushes step metrics after this batch (every ``log_every_n_steps``).
+
+        Logging only then matters: each ``self.log`` call costs milliseconds of bookkeeping, a sizeable
+        share of a small model's update.
+        """
+        connector = getattr(self.trainer, "_logger_connector", None) if self._trainer is not None else None
+        return bool(getattr(connector, "should_update_logs", True))
+
     def log_train(self, metrics: dict[str, Any]) -> None:
         """Log step metrics against the env-step count (Lightning uses a logged ``step`` as the x value)."""
+        if not self.should_log():
+            return
         metrics = {**metrics, "train/epsilon": self.epsilon}
         self.log_dict(metrics, on_step=True, on_epoch=False)
         self.log("step", float(self.env_steps), on_step=True, on_epoch=False)

@@ -23,7 +23,8 @@ class Evaluation(pl.Callback):
     Args:
         eval_interval: env steps between evaluations.
         n_eval_episodes: greedy episodes per evaluation, over all ranks.
-        n_eval_envs: environments stepped in parallel per rank (default: all episodes of the rank at once).
+        n_eval_envs: environments stepped in parallel per rank (default: the training ``data.n_envs``, which
+            reuses the compiled environment; episodes run in rounds of that many).
         eval_at_start: also evaluate before the first update.
     """
 
@@ -46,7 +47,8 @@ class Evaluation(pl.Callback):
     def _eval_env(self, trainer: pl.Trainer) -> VecEnv:
         if self._env is None:
             per_rank = self._episodes_per_rank(trainer)
-            self._env = trainer.datamodule.make_env(min(per_rank, self.n_eval_envs or per_rank), EVAL_SEED_OFFSET)
+            n_envs = self.n_eval_envs or trainer.datamodule.n_envs
+            self._env = trainer.datamodule.make_env(min(per_rank, n_envs), EVAL_SEED_OFFSET)
         return self._env
 
     @torch.no_grad()

@@ -36,6 +36,8 @@ class ThroughputMonitor(pl.Callback):
                            batch_idx: int) -> None:
         dm = trainer.datamodule
         self._marks.append((time.perf_counter(), dm.env_steps, int(getattr(pl_module, "n_updates", 0))))
+        if not getattr(pl_module, "should_log", lambda: True)():
+            return
         steps_per_s, updates_per_s = self.rates()
         metrics = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s,
                    "perf/buffer_episodes": float(len(dm.buffer))}

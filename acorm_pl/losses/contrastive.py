@@ -46,11 +46,13 @@ def contrastive_role_loss(
     positives = keys & (labels.unsqueeze(-1) == labels.unsqueeze(-2)) & labelled.unsqueeze(-1)
     counted = alive & labelled & positives.any(dim=-1)  # [M, N]
 
+    # Uncounted rows may be huge (an empty P_i gives logsumexp ~ finfo.min) but never NaN; where() drops
+    # them and passes them a zero gradient, so a fully masked batch still backpropagates zeros.
     per_anchor = _masked_logsumexp(s, keys) - _masked_logsumexp(s, positives)
+    per_anchor = torch.where(counted, per_anchor, torch.zeros_like(per_anchor))
     weight = counted.float()
     n_anchors = weight.sum()
-    # Rows that are not counted are finite (masked with finfo.min, not -inf), so multiplying by 0 is safe.
-    loss = (per_anchor * weight).sum() / n_anchors.clamp(min=1.0)
+    loss = per_anchor.sum() / n_anchors.clamp(min=1.0)
 
     with torch.no_grad():
         denom = n_anchors.clamp(min=1.0)
