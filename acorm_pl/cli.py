@@ -18,7 +18,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-from acorm_pl.callbacks import EnvStepProgressBar, EpsilonSchedule, Evaluation, ThroughputMonitor  # noqa: E402
+from acorm_pl.callbacks import (  # noqa: E402
+    EnvStepProgressBar,
+    EpsilonSchedule,
+    Evaluation,
+    RoleClustering,
+    ThroughputMonitor,
+)
 from acorm_pl.data.datamodule import ConfigError, RolloutDataModule  # noqa: E402
 from acorm_pl.envs.base import EnvConfigError  # noqa: E402
 from acorm_pl.tracking import MLflowSaveConfig, MLflowTracker, RunCheckpoint, run_id_in_checkpoint  # noqa: E402
@@ -41,6 +47,7 @@ class ACORMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_lightning_class_args(EpsilonSchedule, "epsilon")
         parser.add_lightning_class_args(Evaluation, "evaluation")
+        parser.add_lightning_class_args(RoleClustering, "roles")
         parser.link_arguments("data", "model.init_args.env_info", compute_fn=_env_info_of, apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed_of, apply_on="parse")
 

@@ -7,6 +7,7 @@ exploring policy (env steps/s), and one full TD update at batch 32 (forward, tar
 Medians over ``--repeats`` after a warm-up (the first collection compiles the environment).
 """
 
+# ruff: noqa: I001  (acorm_pl must be imported before torch: it sets OMP_WAIT_POLICY)
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """Algorithms as LightningModules."""
 
+from acorm_pl.algos.acorm import ACORM
 from acorm_pl.algos.qmix import QMIX
 
-__all__ = ["QMIX"]
+__all__ = ["ACORM", "QMIX"]

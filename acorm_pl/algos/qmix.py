@@ -35,6 +35,8 @@ class QMIX(pl.LightningModule):
         gamma: discount factor.
         td_lambda: lambda of TD(lambda) targets; 0 gives the paper's one-step double-Q targets.
         lr: Adam learning rate of the TD optimizer.
+        lr_decay_env_steps: decay the TD learning rate linearly over this many env steps (0: constant).
+        lr_final_ratio: the decayed learning rate as a fraction of ``lr``.
         adam_eps: Adam epsilon.
         grad_clip_norm: gradient-norm clip of the TD update (0 disables).
         double_q: choose bootstrap actions with the online network.
@@ -56,6 +58,8 @@ class QMIX(pl.LightningModule):
         gamma: float = 0.99,
         td_lambda: float = 0.0,
         lr: float = 6e-4,
+        lr_decay_env_steps: int = 0,
+        lr_final_ratio: float = 0.1,
         adam_eps: float = 1e-5,
         grad_clip_norm: float = 10.0,
         double_q: bool = True,
@@ -68,6 +72,8 @@ class QMIX(pl.LightningModule):
         require(0.0 <= gamma <= 1.0, f"model.gamma must be in [0, 1], got {gamma}")
         require(0.0 <= td_lambda <= 1.0, f"model.td_lambda must be in [0, 1], got {td_lambda}")
         require(lr > 0, f"model.lr must be > 0, got {lr}")
+        require(lr_decay_env_steps >= 0, f"model.lr_decay_env_steps must be >= 0, got {lr_decay_env_steps}")
+        require(0.0 < lr_final_ratio <= 1.0, f"model.lr_final_ratio must be in (0, 1], got {lr_final_ratio}")
         require(target_update in ("soft", "hard"),
                 f"model.target_update must be 'soft' or 'hard', got {target_update!r}")
         require(0.0 < tau <= 1.0, f"model.tau must be in (0, 1], got {tau}")
@@ -165,7 +171,14 @@ class QMIX(pl.LightningModule):
         return loss, stats
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
-        opt = self.optimizers()
+        return self.td_update(batch, self.td_optimizer())
+
+    def td_optimizer(self) -> Any:
+        opts = self.optimizers()
+        return opts[0] if isinstance(opts, list) else opts
+
+    def td_update(self, batch: EpisodeBatch, opt: Any) -> torch.Tensor:
+        """One TD step: loss, backward, clip, Adam, target refresh, learning-rate schedule, logging."""
         loss, stats = self.td_loss(batch)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -174,13 +187,28 @@ class QMIX(pl.LightningModule):
         opt.step()
         self.n_updates += 1
         self.update_targets()
-        self.log_train({"train/td_loss": loss.detach(), **{f"train/{k}": v for k, v in stats.items()}})
+        lr = self.scheduled_lr()
+        for group in opt.param_groups:
+            group["lr"] = lr
+        self.log_train({"train/td_loss": loss.detach(), "train/lr": lr, **{f"train/{k}": v for k, v in stats.items()}})
         return loss.detach()
+
+    def scheduled_lr(self) -> float:
+        """Linear decay from ``lr`` to ``lr * lr_final_ratio`` over ``lr_decay_env_steps`` env steps (0: constant)."""
+        hp = self.hparams
+        if hp.lr_decay_env_steps <= 0:
+            return hp.lr
+        frac = min(1.0, self.env_steps / hp.lr_decay_env_steps)
+        return hp.lr * (1.0 - frac * (1.0 - hp.lr_final_ratio))
+
+    def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(target, online) modules kept in sync by :meth:`update_targets`."""
+        return [(self.target_agent, self.agent), (self.target_mixer, self.mixer)]
 
     @torch.no_grad()
     def update_targets(self) -> None:
         """Soft (Polyak, tau) or hard (every ``target_update_interval`` updates) target refresh."""
-        pairs = [(self.target_agent, self.agent), (self.target_mixer, self.mixer)]
+        pairs = self.target_pairs()
         if self.hparams.target_update == "soft":
             for target, online in pairs:
                 for pt, po in zip(target.parameters(), online.parameters(), strict=True):

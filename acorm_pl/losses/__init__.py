@@ -1,5 +1,7 @@
-"""Losses and targets as pure functions."""
+"""Losses, targets and the clustering behind the contrastive pairs, as pure functions."""
 
+from acorm_pl.losses.clustering import KMeansResult, batched_kmeans
+from acorm_pl.losses.contrastive import contrastive_role_loss
 from acorm_pl.losses.td import (
     double_q_next_values,
     epsilon_greedy,
@@ -11,6 +13,9 @@ from acorm_pl.losses.td import (
 )
 
 __all__ = [
+    "KMeansResult",
+    "batched_kmeans",
+    "contrastive_role_loss",
     "double_q_next_values",
     "epsilon_greedy",
     "greedy_actions",

@@ -1,6 +1,21 @@
-"""Small nn.Modules: agent networks and mixers."""
+"""Small nn.Modules: agent networks, role encoders, attention and mixers."""
 
-from acorm_pl.nets.agent import AgentOutput, RecurrentQAgent, TrajectoryEncoder, agent_inputs, shift_actions
+from acorm_pl.nets.agent import AgentOutput, RecurrentQAgent, RoleQAgent, TrajectoryEncoder, agent_inputs, shift_actions
+from acorm_pl.nets.attention import AttentionMixerInput, RoleAttention, StateEncoder
 from acorm_pl.nets.mixers import QMixer
+from acorm_pl.nets.roles import ContrastiveRoleHead, RoleEncoder
 
-__all__ = ["AgentOutput", "QMixer", "RecurrentQAgent", "TrajectoryEncoder", "agent_inputs", "shift_actions"]
+__all__ = [
+    "AgentOutput",
+    "AttentionMixerInput",
+    "ContrastiveRoleHead",
+    "QMixer",
+    "RecurrentQAgent",
+    "RoleAttention",
+    "RoleEncoder",
+    "RoleQAgent",
+    "StateEncoder",
+    "TrajectoryEncoder",
+    "agent_inputs",
+    "shift_actions",
+]

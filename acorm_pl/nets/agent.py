@@ -83,3 +83,22 @@ class RecurrentQAgent(nn.Module):
         """x [B, T, N, D] -> Q values [B, T, N, A], embeddings and the last hidden state."""
         embedding, h_n = self.encoder(x, h0)
         return AgentOutput(q=self.head(embedding), hidden=h_n, embedding=embedding)
+
+
+class RoleQAgent(nn.Module):
+    """ACORM's individual Q-network (Fig. 1b): e = trajectory encoder, z = f_theta(e), Q_i from [e, z].
+
+    ``role_encoder`` is the query role encoder (shared with the contrastive head when there is one).
+    """
+
+    def __init__(self, input_dim: int, n_actions: int, embed_dim: int, role_encoder: nn.Module, role_dim: int):
+        super().__init__()
+        self.encoder = TrajectoryEncoder(input_dim, embed_dim)
+        self.role_encoder = role_encoder
+        self.head = nn.Linear(embed_dim + role_dim, n_actions)
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> AgentOutput:
+        embedding, h_n = self.encoder(x, h0)
+        roles = self.role_encoder(embedding)
+        q = self.head(torch.cat([embedding, roles.to(embedding.dtype)], dim=-1))
+        return AgentOutput(q=q, hidden=h_n, embedding=embedding, roles=roles)
