@@ -98,7 +98,7 @@ def test_contrastive_update_trains_query_encoder_and_w_and_moves_key_encoder_by_
     query_before = [p.clone() for p in model.role_head.query_encoder.parameters()]
     w_before = model.role_head.W.clone()
     model.manual_backward = lambda loss: loss.backward()  # no trainer attached in this unit test
-    stats = model.contrastive_update(batch, labels, cl_opt)
+    stats = model.contrastive_update(batch, model.agent_embeddings(batch), labels, cl_opt)
     assert stats["n_anchors"] > 0 and torch.isfinite(stats["contrastive_loss"])
     assert not torch.equal(model.role_head.W, w_before)
     assert any(not torch.equal(a, b) for a, b in zip(query_before, model.role_head.query_encoder.parameters()))
@@ -128,14 +128,22 @@ def test_role_clustering_runs_every_interval_updates():
     due = []
     for step in range(7):
         model.n_updates.fill_(step)
-        model.pending_role_labels = None
+        model.role_clustering = None
         cb.on_train_batch_start(None, model, batch, step)
-        due.append(model.pending_role_labels is not None)
+        due.append(model.role_clustering is cb)
     assert due == [False, False, True, False, False, True, False]
     off = _acorm(contrastive=False)
     off.n_updates.fill_(2)
     cb.on_train_batch_start(None, off, batch, 0)
-    assert off.pending_role_labels is None
+    assert off.role_clustering is None
+
+
+def test_td_forward_embeddings_are_the_ones_clustered():
+    model = _acorm()
+    batch = _batch()
+    model.td_loss(batch)
+    assert torch.allclose(model.last_embeddings[:, :-1], model.agent_embeddings(batch))
+    assert not model.last_embeddings.requires_grad
 
 
 def test_attention_weights_sum_to_one_per_head_and_bf16_runs():

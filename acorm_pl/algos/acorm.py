@@ -85,7 +85,8 @@ class ACORM(QMIX):
         # Set before QMIX.__init__, which calls build_networks().
         self._switches = (contrastive, attention, state_encoder)
         super().__init__(env_info=env_info, embed_dim=embed_dim, **qmix_kwargs)  # saves ACORM's args too
-        self.pending_role_labels: torch.Tensor | None = None  # set by the RoleClustering callback
+        self.role_clustering: Any = None  # set by the RoleClustering callback when a contrastive step is due
+        self.last_embeddings: torch.Tensor | None = None  # e of the latest TD forward (detached)
         self.last_attention: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
@@ -147,6 +148,10 @@ class ACORM(QMIX):
             self.last_attention = None if weights is None else weights.detach()
         return cond
 
+    def on_agent_output(self, out: AgentOutput) -> None:
+        # Kept so a contrastive step on the same batch reuses e instead of running the GRU again.
+        self.last_embeddings = out.embedding.detach()
+
     def td_parameters(self) -> list[nn.Parameter]:
         params = {id(p): p for p in super().td_parameters()}
         if getattr(self, "mixer_input", None) is not None:
@@ -166,14 +171,16 @@ class ACORM(QMIX):
         x = self.inputs(batch.obs, shift_actions(batch.actions))[:, :-1]
         return self.agent.encoder(x)[0].float()
 
-    def contrastive_update(self, batch: EpisodeBatch, labels: torch.Tensor, opt: Any) -> dict[str, torch.Tensor]:
-        """One step of the InfoNCE loss (Eq. 4) on the valid steps of ``batch`` with cluster ``labels``
-        [B, T, N], then the momentum update of the key encoder (Eq. 5)."""
+    def contrastive_update(self, batch: EpisodeBatch, embeddings: torch.Tensor, labels: torch.Tensor, opt: Any
+                           ) -> dict[str, torch.Tensor]:
+        """One step of the InfoNCE loss (Eq. 4) on the valid steps of ``batch``, given the agent
+        ``embeddings`` [B, T, N, H] (treated as constants: this loss trains f_theta and W only) and their
+        cluster ``labels`` [B, T, N]; then the momentum update of the key encoder (Eq. 5)."""
         valid = batch.filled.bool()
-        embeddings = self.agent_embeddings(batch)[valid]  # [M, N, H]; the loss trains f_theta and W only
+        e = embeddings.detach().float()[valid]  # [M, N, H]
         alive = alive_agents(batch.avail_actions[:, :-1])[valid]
         head = self.role_head
-        scores = head.scores(head.query(embeddings), head.key(embeddings))  # S(q, k) = q^T W k (Eq. 4)
+        scores = head.scores(head.query(e), head.key(e))  # S(q, k) = q^T W k (Eq. 4)
         loss, stats = contrastive_role_loss(scores, labels.to(self.device)[valid], alive)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -183,9 +190,11 @@ class ACORM(QMIX):
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
         loss = self.td_update(batch, self.td_optimizer())
-        labels, self.pending_role_labels = self.pending_role_labels, None
-        if self.contrastive and labels is not None:
-            stats = self.contrastive_update(batch, labels, self.optimizers()[1])
+        clustering, self.role_clustering = self.role_clustering, None
+        if self.contrastive and clustering is not None:
+            embeddings = self.last_embeddings[:, :-1]  # from this step's TD forward, before its update
+            labels = clustering.cluster_embeddings(embeddings, batch, self.hparams.n_clusters, int(self.n_updates))
+            stats = self.contrastive_update(batch, embeddings, labels, self.optimizers()[1])
             # Logged on every contrastive step (rare), whatever log_every_n_steps says.
             for logger in self.loggers:
                 logger.log_metrics({f"roles/{k}": float(v) for k, v in stats.items()}, step=self.env_steps)

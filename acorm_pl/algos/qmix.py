@@ -113,6 +113,9 @@ class QMIX(pl.LightningModule):
         """What the mixer's hypernetworks see at every time step: the raw state for QMIX ([B, T+1, S])."""
         return batch.state
 
+    def on_agent_output(self, out: AgentOutput) -> None:
+        """Called with the online agent network's output in every TD loss (a hook for subclasses)."""
+
     def td_parameters(self) -> list[nn.Parameter]:
         return [*self.agent.parameters(), *self.mixer.parameters()]
 
@@ -149,6 +152,7 @@ class QMIX(pl.LightningModule):
         hp = self.hparams
         x = self.inputs(batch.obs, shift_actions(batch.actions))  # [B, T+1, N, D]
         online = self.agent_forward(x)
+        self.on_agent_output(online)
         q = online.q  # [B, T+1, N, A]
         with torch.no_grad():
             target = self.agent_forward(x, target=True)
