@@ -248,7 +248,9 @@ class QMIX(pl.LightningModule):
         self.log("step", float(self.env_steps), on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["acorm_pl"] = {"epsilon": self.epsilon, "action_generator": self.action_generator.get_state()}
+        cls = type(self)
+        checkpoint["acorm_pl"] = {"epsilon": self.epsilon, "action_generator": self.action_generator.get_state(),
+                                  "class_path": f"{cls.__module__}.{cls.__qualname__}"}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("acorm_pl", {})
