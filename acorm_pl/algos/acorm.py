@@ -26,7 +26,7 @@ from acorm_pl.algos.qmix import QMIX
 from acorm_pl.data.datamodule import require
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.losses.contrastive import contrastive_role_loss
-from acorm_pl.nets import AgentOutput, QMixer, RoleQAgent, shift_actions
+from acorm_pl.nets import AgentOutput, RoleQAgent, shift_actions
 from acorm_pl.nets.attention import AttentionMixerInput
 from acorm_pl.nets.roles import ContrastiveRoleHead, RoleEncoder
 
@@ -106,37 +106,34 @@ class ACORM(QMIX):
     def contrastive(self) -> bool:
         return self._switches[0]
 
-    @property
-    def uses_roles(self) -> bool:
-        return self._switches[0] or self._switches[1]
-
     # ---- networks ----------------------------------------------------------------------------------------
     def build_networks(self) -> None:
         contrastive, attention, state_encoder = self._switches
-        if not (contrastive or attention or state_encoder):
-            super().build_networks()  # plain QMIX
-            return
         hp = self.hparams
-        role_dim, role_hidden = hp.get("role_dim", 64), hp.get("role_hidden_dim", 128)
         if contrastive:
-            self.role_head = ContrastiveRoleHead(hp.embed_dim, role_dim, role_hidden)
-            role_encoder: nn.Module | None = self.role_head.query_encoder
-        else:
-            role_encoder = RoleEncoder(hp.embed_dim, role_dim, role_hidden) if attention else None
-        if role_encoder is None:  # state GRU only: a QMIX agent
-            super().build_networks()
-        else:
-            self.agent = RoleQAgent(self.input_dim, self.info.n_actions, hp.embed_dim, role_encoder, role_dim)
+            self.role_head = ContrastiveRoleHead(hp.embed_dim, hp.role_dim, hp.role_hidden_dim)
         self.mixer_input: AttentionMixerInput | None = None
-        cond_dim = self.info.state_dim
         if state_encoder:
-            self.mixer_input = AttentionMixerInput(
-                self.info.state_dim, role_dim, hp.get("state_embed_dim", 64), hp.get("n_heads", 4),
-                hp.get("attn_dim", 128), hp.get("attn_out_dim", 64), attention=attention)
-            cond_dim = self.mixer_input.cond_dim
-        self.mixer = QMixer(self.info.n_agents, cond_dim, hp.mixing_embed_dim, hp.hypernet_embed, hp.hypernet_layers)
+            self.mixer_input = AttentionMixerInput(self.info.state_dim, hp.role_dim, hp.state_embed_dim, hp.n_heads,
+                                                   hp.attn_dim, hp.attn_out_dim, attention=attention)
+        super().build_networks()  # the agent and the mixer, through the two hooks below
         if self.mixer_input is not None:
             self.target_mixer_input = self._frozen_copy(self.mixer_input)
+
+    def build_agent(self) -> nn.Module:
+        """Fig. 1(b) when role representations are used (by the contrastive loss or the attention); else QMIX's."""
+        contrastive, attention, _ = self._switches
+        hp = self.hparams
+        if contrastive:
+            role_encoder: nn.Module = self.role_head.query_encoder
+        elif attention:
+            role_encoder = RoleEncoder(hp.embed_dim, hp.role_dim, hp.role_hidden_dim)
+        else:
+            return super().build_agent()
+        return RoleQAgent(self.input_dim, self.info.n_actions, hp.embed_dim, role_encoder, hp.role_dim)
+
+    def mixer_cond_dim(self) -> int:
+        return super().mixer_cond_dim() if self.mixer_input is None else self.mixer_input.cond_dim
 
     def mixer_conditioning(self, batch: EpisodeBatch, agents: AgentOutput, target: bool = False) -> torch.Tensor:
         """[tau_mha, tau] (Fig. 1d), tau alone (w/o MHA) or the raw state (Vanilla), for every step."""

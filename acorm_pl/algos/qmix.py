@@ -97,11 +97,16 @@ class QMIX(pl.LightningModule):
     def build_networks(self) -> None:
         """Create ``self.agent`` and ``self.mixer`` (everything that gets a target copy)."""
         hp = self.hparams
-        self.agent = RecurrentQAgent(self.input_dim, self.info.n_actions, hp.embed_dim)
+        self.agent = self.build_agent()
         self.mixer = QMixer(self.info.n_agents, self.mixer_cond_dim(), hp.mixing_embed_dim, hp.hypernet_embed,
                             hp.hypernet_layers)
 
+    def build_agent(self) -> nn.Module:
+        """The individual Q-network shared by all agents."""
+        return RecurrentQAgent(self.input_dim, self.info.n_actions, self.hparams.embed_dim)
+
     def mixer_cond_dim(self) -> int:
+        """Size of what conditions the mixer's hypernetworks (the state for QMIX)."""
         return self.info.state_dim
 
     def agent_forward(self, inputs: torch.Tensor, target: bool = False, h0: torch.Tensor | None = None

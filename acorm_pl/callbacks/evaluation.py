@@ -26,13 +26,18 @@ class Evaluation(pl.Callback):
         n_eval_envs: environments stepped in parallel per rank (default: the training ``data.n_envs``, which
             reuses the compiled environment; episodes run in rounds of that many).
         eval_at_start: also evaluate before the first update.
+        final_n_eval_episodes: episodes of the evaluation at the end of training (default: ``n_eval_episodes``);
+            more episodes give the final number a tighter error bar.
     """
 
     def __init__(self, eval_interval: int = 5000, n_eval_episodes: int = 32, n_eval_envs: int | None = None,
-                 eval_at_start: bool = True):
+                 eval_at_start: bool = True, final_n_eval_episodes: int | None = None):
         require(eval_interval >= 1, f"evaluation.eval_interval must be a positive integer, got {eval_interval}")
         require(n_eval_episodes >= 1, f"evaluation.n_eval_episodes must be a positive integer, got {n_eval_episodes}")
         require(n_eval_envs is None or n_eval_envs >= 1, f"evaluation.n_eval_envs must be >= 1, got {n_eval_envs}")
+        require(final_n_eval_episodes is None or final_n_eval_episodes >= 1,
+                f"evaluation.final_n_eval_episodes must be >= 1, got {final_n_eval_episodes}")
+        self.final_n_eval_episodes = final_n_eval_episodes
         self.eval_interval, self.n_eval_episodes = eval_interval, n_eval_episodes
         self.n_eval_envs, self.eval_at_start = n_eval_envs, eval_at_start
         self.next_eval = 0
@@ -41,8 +46,8 @@ class Evaluation(pl.Callback):
         self._env: VecEnv | None = None
         self._metrics: dict[str, MeanMetric] = {}
 
-    def _episodes_per_rank(self, trainer: pl.Trainer) -> int:
-        return math.ceil(self.n_eval_episodes / trainer.world_size)
+    def _episodes_per_rank(self, trainer: pl.Trainer, n_episodes: int | None = None) -> int:
+        return math.ceil((n_episodes or self.n_eval_episodes) / trainer.world_size)
 
     def _eval_env(self, trainer: pl.Trainer) -> VecEnv:
         if self._env is None:
@@ -52,13 +57,15 @@ class Evaluation(pl.Callback):
         return self._env
 
     @torch.no_grad()
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
-        """Run the greedy episodes now; returns (and logs) the rank-aggregated metrics."""
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, n_episodes: int | None = None
+                 ) -> dict[str, float]:
+        """Run ``n_episodes`` (default ``n_eval_episodes``) greedy episodes now; returns (and logs) the
+        rank-aggregated metrics."""
         env = self._eval_env(trainer)
         device = pl_module.device
         if not self._metrics:
             self._metrics = {k: MeanMetric().to(device) for k in ("win_rate", "return_mean", "ep_length_mean")}
-        remaining = self._episodes_per_rank(trainer)
+        remaining = self._episodes_per_rank(trainer, n_episodes)
         while remaining > 0:
             rollout = collect_rollout(env, pl_module, explore=False)
             take = min(remaining, env.n_envs)
@@ -94,8 +101,8 @@ class Evaluation(pl.Callback):
         self._maybe_evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.last_eval_step != trainer.datamodule.env_steps:
-            self.evaluate(trainer, pl_module)
+        if self.last_eval_step != trainer.datamodule.env_steps or self.final_n_eval_episodes:
+            self.evaluate(trainer, pl_module, self.final_n_eval_episodes)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._env is not None:

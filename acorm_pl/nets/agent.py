@@ -34,11 +34,8 @@ def shift_actions(actions: torch.Tensor) -> torch.Tensor:
     return torch.cat([first, actions], dim=1)
 
 
-class TrajectoryEncoder(nn.Module):
-    """e_i^t = GRU(MLP([o_i^t, a_i^{t-1}]), e_i^{t-1}): the agent embedding, shared by all agents.
-
-    Runs over whole sequences in one ``nn.GRU`` call (inputs never depend on earlier outputs).
-    """
+class RecurrentEncoder(nn.Module):
+    """MLP + GRU over whole sequences in one ``nn.GRU`` call: x [S, T, D] -> [S, T, H] and last hidden [S, H]."""
 
     def __init__(self, input_dim: int, embed_dim: int = 64):
         super().__init__()
@@ -47,15 +44,26 @@ class TrajectoryEncoder(nn.Module):
         self.gru = nn.GRU(embed_dim, embed_dim, batch_first=True)
 
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, N, D] -> embeddings [B, T, N, H] and last hidden [B, N, H]."""
+        hidden = F.relu(self.fc(x))
+        # The GRU runs in the weights' dtype; under autocast its input may arrive in bf16.
+        dtype = self.gru.weight_hh_l0.dtype
+        h = None if h0 is None else h0.unsqueeze(0).to(dtype)
+        out, h_n = self.gru(hidden.to(dtype), h)
+        return out, h_n.squeeze(0)
+
+
+class TrajectoryEncoder(RecurrentEncoder):
+    """e_i^t = GRU(MLP([o_i^t, a_{i}^{t-1}]), e_i^{t-1}): the agent embedding, shared by all agents.
+
+    Runs over whole sequences in one ``nn.GRU`` call (inputs never depend on earlier outputs).
+    """
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, N, D] (h0 [B, N, H]) -> embeddings [B, T, N, H] and last hidden [B, N, H]."""
         b, t, n, d = x.shape
         seq = x.permute(0, 2, 1, 3).reshape(b * n, t, d)
-        hidden = F.relu(self.fc(seq))
-        h = None if h0 is None else h0.reshape(1, b * n, self.embed_dim).to(hidden.dtype)
-        # The GRU runs in the weights' dtype; under autocast its input may arrive in bf16.
-        out, h_n = self.gru(hidden.to(self.gru.weight_hh_l0.dtype), h)
-        out = out.reshape(b, n, t, self.embed_dim).permute(0, 2, 1, 3)
-        return out, h_n.reshape(b, n, self.embed_dim)
+        out, h_n = super().forward(seq, None if h0 is None else h0.reshape(b * n, self.embed_dim))
+        return out.reshape(b, n, t, self.embed_dim).permute(0, 2, 1, 3), h_n.reshape(b, n, self.embed_dim)
 
     def initial_state(self, batch: int, n_agents: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(batch, n_agents, self.embed_dim, device=device)

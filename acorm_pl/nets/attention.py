@@ -5,30 +5,23 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from acorm_pl.nets.agent import RecurrentEncoder
 
-class StateEncoder(nn.Module):
+
+class StateEncoder(RecurrentEncoder):
     """tau^t = GRU(ReLU(Linear(s^t)), tau^{t-1}): the state history s^0..s^t encoded as a state embedding.
 
     Runs over whole sequences in one ``nn.GRU`` call, like :class:`~acorm_pl.nets.agent.TrajectoryEncoder`.
     """
 
     def __init__(self, state_dim: int, embed_dim: int = 64):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.fc = nn.Linear(state_dim, embed_dim)
-        self.gru = nn.GRU(embed_dim, embed_dim, batch_first=True)
+        super().__init__(state_dim, embed_dim)
 
     def forward(self, states: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """states [B, T, state_dim] (h0 [B, embed_dim]) -> tau [B, T, embed_dim] and last hidden [B, embed_dim]."""
-        hidden = F.relu(self.fc(states))
-        # The GRU runs in the weights' dtype; under autocast its input may arrive in bf16.
-        dtype = self.gru.weight_hh_l0.dtype
-        h = None if h0 is None else h0.unsqueeze(0).to(dtype)
-        out, h_n = self.gru(hidden.to(dtype), h)
-        return out, h_n.squeeze(0)
+        return super().forward(states, h0)
 
     def initial_state(self, batch: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(batch, self.embed_dim, device=device)
