@@ -18,6 +18,7 @@ EAST = 1  # jaxmarl's _decode_discrete_actions: 0 north (+y), 1 east (+x), 2 sou
 SEEDS = [0, 1, 2, 3]
 UNIT_FEATURES = 10  # per unit in the world state: health, x, y, cooldown, 6 unit-type bits
 MARINE_RANGE = 5.0
+HALF_MAP = 16.0  # SMAX maps are 32 x 32; the adapter scales positions by half of that
 # map -> (allies, enemies, default episode limit)
 MAPS = {"3m": (3, 3, 60), "2s3z": (5, 5, 120), "5m_vs_6m": (5, 6, 70), "3s_vs_5z": (3, 5, 250)}
 
@@ -148,15 +149,16 @@ def test_reset_is_out_of_range_and_quiet(env3m: SMAXVecEnv) -> None:
 def test_east_moves_towards_positive_x(env3m: SMAXVecEnv) -> None:
     before = env3m.reset().state[:, : 3 * UNIT_FEATURES].view(4, 3, UNIT_FEATURES)
     after = env3m.step(torch.full((4, 3), EAST)).state[:, : 3 * UNIT_FEATURES].view(4, 3, UNIT_FEATURES)
-    assert (after[..., 1] > before[..., 1] + 1.0).all()
-    assert torch.allclose(after[..., 2], before[..., 2], atol=0.2)
+    # state positions are centred and divided by half the map size (16 on SMAX's 32x32 maps)
+    assert (after[..., 1] > before[..., 1] + 1.0 / HALF_MAP).all()
+    assert torch.allclose(after[..., 2], before[..., 2], atol=0.2 / HALF_MAP)
 
 
 def test_avail_actions_follow_life_and_range(rollout3m: Rollout) -> None:
     live = rollout3m.live
     units = rollout3m.state[..., : 6 * UNIT_FEATURES].unflatten(-1, (6, UNIT_FEATURES))
     alive = units[..., 0] > 0
-    pos = units[..., 1:3]
+    pos = units[..., 1:3] * HALF_MAP + HALF_MAP  # back to map coordinates
     dist = torch.cdist(pos[..., :3, :], pos[..., 3:, :])  # [T, n_envs, ally, enemy]
     in_range = (dist < MARINE_RANGE) & alive[..., :3, None] & alive[..., None, 3:]
     avail = rollout3m.avail
@@ -169,6 +171,14 @@ def test_avail_actions_follow_life_and_range(rollout3m: Rollout) -> None:
     dead = ~alive[..., :3] & live[..., None]
     assert dead.any(), "some ally should die in the scripted episodes"
     assert (avail[dead].sum(-1) == 1).all() and avail[dead][:, STOP_ACTION].all()
+
+
+def test_state_is_normalised_like_smac(rollout3m: Rollout) -> None:
+    state = rollout3m.state[rollout3m.live]
+    assert state.abs().max() <= 1.0 + 1e-6  # raw jaxmarl positions reach 32 and cooldowns go below 0
+    units = rollout3m.state[..., : 6 * UNIT_FEATURES].unflatten(-1, (6, UNIT_FEATURES))
+    cooldown = units[..., 3][rollout3m.live]
+    assert (cooldown >= 0).all() and (cooldown <= 1).all() and (cooldown > 0).any()
 
 
 def test_smac_reward_win_is_20_and_loss_below(rollout3m: Rollout) -> None:
