@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 from jsonargparse import ArgumentError, ArgumentParser
@@ -15,6 +16,8 @@ from jsonargparse import ArgumentError, ArgumentParser
 # Keep JAX (SMAX) off the GPU and quiet before anything imports it.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Lightning's own use of a deprecated torch pytree API; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
