@@ -12,11 +12,6 @@ to all 3840 (the output says so); loss and step are the same in both.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import acorm_pl  # noqa: F401
 import sklearn
@@ -27,20 +22,10 @@ from acorm_pl.algos import ACORM
 from acorm_pl.callbacks import RoleClustering
 from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
+from common import machine, median_seconds, td_step
 
 B, T, N = 32, 120, 10
 INFO = EnvInfo(n_agents=N, n_actions=16, obs_dim=270, state_dim=252, episode_limit=T)  # SMAX 10m_vs_11m sizes
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def make_batch(seed: int = 0) -> EpisodeBatch:
@@ -61,8 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sklearn-groups", type=int, default=200)
     args = parser.parse_args()
-    print(f"{platform.platform()} | cpus {os.cpu_count()} | torch {torch.__version__} "
-          f"(threads {torch.get_num_threads()}) | scikit-learn {sklearn.__version__}")
+    print(f"{machine()} | scikit-learn {sklearn.__version__}")
     print(f"batch {B} episodes x {T} steps x {N} agents, agent embedding 128, K=3; medians of {args.repeats}")
 
     torch.manual_seed(0)
@@ -95,15 +79,7 @@ def main() -> None:
     sk10_s = median_seconds(lambda: sklearn_subset(10), max(1, args.repeats // 2), warmup=0) * scale
     sk_auto_s = median_seconds(lambda: sklearn_subset("auto"), max(1, args.repeats // 2), warmup=0) * scale
 
-    def td_update() -> None:
-        loss, _ = model.td_loss(batch)
-        td_opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.td_parameters(), 10.0)
-        td_opt.step()
-        model.update_targets()
-
-    td_s = median_seconds(td_update, args.repeats)
+    td_s = median_seconds(lambda: td_step(model, td_opt, batch), args.repeats)
 
     print("\none contrastive update = clustering + loss + step (+ momentum update), on given embeddings")
     print(f"  ours, batched torch K-means (10 restarts) over all {B * T} groups: {ours_s * 1000:9.1f} ms "

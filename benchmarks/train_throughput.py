@@ -11,8 +11,6 @@ Medians over ``--repeats`` after a warm-up (the first collection compiles the en
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
@@ -22,12 +20,7 @@ import torch
 from acorm_pl.algos import QMIX
 from acorm_pl.data import EpisodeReplayBuffer, collect_rollout
 from acorm_pl.envs import get_env_info, make_vec_env
-
-
-def machine() -> str:
-    return (f"{platform.platform()} | {platform.processor() or platform.machine()} | cpus {os.cpu_count()} | "
-            f"torch {torch.__version__} threads {torch.get_num_threads()} | "
-            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+from common import machine, median_seconds, td_step
 
 
 def bench_map(map_name: str, n_envs: int, batch_size: int, repeats: int) -> dict[str, float]:
@@ -42,26 +35,17 @@ def bench_map(map_name: str, n_envs: int, batch_size: int, repeats: int) -> dict
     while len(buffer) < batch_size:
         buffer.add(rollout.episodes, rollout.lengths)
         rollout = collect_rollout(env, model, explore=True)
-    collect_rates, update_ms = [], []
+    collect_rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         rollout = collect_rollout(env, model, explore=True)
         collect_rates.append(rollout.env_steps / (time.perf_counter() - t0))
     opt = torch.optim.Adam(model.td_parameters(), lr=6e-4)
     batch = buffer.sample(batch_size)
-    for i in range(repeats + 2):
-        t0 = time.perf_counter()
-        loss, _ = model.td_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.td_parameters(), 10.0)
-        opt.step()
-        model.update_targets()
-        if i >= 2:
-            update_ms.append((time.perf_counter() - t0) * 1000)
+    update_s = median_seconds(lambda: td_step(model, opt, batch), repeats, warmup=2)
     env.close()
     return {"compile_s": compile_s, "collect_steps_per_s": statistics.median(collect_rates),
-            "update_ms": statistics.median(update_ms), "batch_t": batch.max_t}
+            "update_ms": update_s * 1000, "batch_t": batch.max_t}
 
 
 def main() -> None:

@@ -124,14 +124,19 @@ def test_bad_config_values_fail_with_one_line(workdir, capsys, args, expected):
     assert not _runs(workdir)  # nothing was started
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_on_cpu(workdir):
+def _ddp_fit(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "acorm_pl.cli", "fit", *TINY, "--trainer.accelerator", "cpu",
-           "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+           "--trainer.devices", "2", "--trainer.strategy", "ddp", *extra]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(workdir):
+    _ddp_fit(workdir)
     (run,) = _runs(workdir)
     assert run.info.status == "FINISHED"
     ckpt = torch.load(_checkpoints(run) / "last.ckpt", weights_only=False)
@@ -139,6 +144,16 @@ def test_ddp_two_processes_on_cpu(workdir):
     assert dm["world_size"] == 2 and dm["env_steps"] >= 400
     assert dm["episodes"] == 2 * dm["buffer"]["episodes_added"]  # each rank holds its own 4 envs' episodes
     assert "test/win_rate" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_acorm_ddp_two_processes_runs_the_contrastive_step(workdir):
+    # W only gets gradients from the contrastive loss: ACORM must switch DDP to find unused parameters itself.
+    proc = _ddp_fit(workdir, "--model.class_path", "acorm_pl.algos.ACORM", "--model.init_args.embed_dim", "32",
+                    "--roles.interval", "2")
+    assert "find_unused_parameters enabled" in proc.stdout + proc.stderr
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED" and "roles/contrastive_loss" in run.data.metrics
 
 
 def test_mlflow_tracking_uri_from_environment(workdir, monkeypatch):
