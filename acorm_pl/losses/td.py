@@ -15,9 +15,7 @@ def greedy_actions(q: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
     return mask_unavailable(q, avail).argmax(dim=-1)
 
 
-def td_targets(
-    reward: torch.Tensor, terminated: torch.Tensor, next_q_tot: torch.Tensor, gamma: float
-) -> torch.Tensor:
+def td_targets(reward: torch.Tensor, terminated: torch.Tensor, next_q_tot: torch.Tensor, gamma: float) -> torch.Tensor:
     """y_t = r_t + gamma * (1 - terminated_t) * Q_tot^-(s_{t+1}, a*_{t+1}).
 
     A truncated step (time limit) is not terminated, so it bootstraps from the next state.
