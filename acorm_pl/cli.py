@@ -28,8 +28,9 @@ from acorm_pl.callbacks import (  # noqa: E402
     RoleClustering,
     ThroughputMonitor,
 )
-from acorm_pl.data.datamodule import ConfigError, RolloutDataModule  # noqa: E402
+from acorm_pl.data.datamodule import RolloutDataModule  # noqa: E402
 from acorm_pl.envs.base import EnvConfigError  # noqa: E402
+from acorm_pl.errors import ConfigError  # noqa: E402
 from acorm_pl.tracking import MLflowSaveConfig, MLflowTracker, RunCheckpoint, run_id_in_checkpoint  # noqa: E402
 
 

@@ -44,3 +44,10 @@ def test_inspect_acorm_checkpoint(tmp_path, monkeypatch):
     again = inspect_checkpoint(ckpt, n_episodes=3, seed=5)
     assert [r.length for r in again] == [r.length for r in records]
     assert torch.equal(again[0].actions, records[0].actions)
+
+
+def test_load_checkpoint_refuses_foreign_checkpoints(tmp_path):
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, path)
+    with pytest.raises(ValueError, match="not written by an acorm-pl algorithm"):
+        load_checkpoint(path)

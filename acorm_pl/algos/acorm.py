@@ -23,8 +23,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from acorm_pl.algos.qmix import QMIX
-from acorm_pl.data.datamodule import require
 from acorm_pl.data.episode_buffer import EpisodeBatch
+from acorm_pl.errors import require
 from acorm_pl.losses.contrastive import contrastive_role_loss
 from acorm_pl.nets import AgentOutput, RoleQAgent, shift_actions
 from acorm_pl.nets.attention import AttentionMixerInput
@@ -137,9 +137,9 @@ class ACORM(QMIX):
 
     def mixer_conditioning(self, batch: EpisodeBatch, agents: AgentOutput, target: bool = False) -> torch.Tensor:
         """[tau_mha, tau] (Fig. 1d), tau alone (w/o MHA) or the raw state (Vanilla), for every step."""
-        net = getattr(self, "target_mixer_input" if target else "mixer_input", None)
-        if net is None:
+        if self.mixer_input is None:
             return batch.state
+        net = self.target_mixer_input if target else self.mixer_input
         cond, weights = net(batch.state, agents.roles)
         if not target:
             self.last_attention = None if weights is None else weights.detach()
@@ -151,13 +151,13 @@ class ACORM(QMIX):
 
     def td_parameters(self) -> list[nn.Parameter]:
         params = {id(p): p for p in super().td_parameters()}
-        if getattr(self, "mixer_input", None) is not None:
+        if self.mixer_input is not None:
             params.update({id(p): p for p in self.mixer_input.parameters()})
         return list(params.values())
 
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         pairs = super().target_pairs()
-        if getattr(self, "mixer_input", None) is not None:
+        if self.mixer_input is not None:
             pairs.append((self.target_mixer_input, self.mixer_input))
         return pairs
 

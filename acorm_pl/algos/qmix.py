@@ -14,9 +14,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from acorm_pl.data.datamodule import require
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
+from acorm_pl.errors import require
 from acorm_pl.losses import double_q_next_values, epsilon_greedy, masked_td_loss, td_lambda_targets, td_targets
 from acorm_pl.nets import AgentOutput, QMixer, RecurrentQAgent, agent_inputs, shift_actions
 
@@ -92,6 +92,7 @@ class QMIX(pl.LightningModule):
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.int64))
         self.epsilon = 1.0  # set by the EpsilonSchedule callback
         self.action_generator = torch.Generator()
+        self._restored_generator: torch.Tensor | None = None
 
     # ---- networks (hooks for subclasses) -------------------------------------------------------------
     def build_networks(self) -> None:
@@ -264,6 +265,5 @@ class QMIX(pl.LightningModule):
             self._restored_generator = state["action_generator"]
 
     def on_fit_start(self) -> None:
-        restored = getattr(self, "_restored_generator", None)
-        if restored is not None and self.global_rank == 0:
-            self.action_generator.set_state(restored)
+        if self._restored_generator is not None and self.global_rank == 0:
+            self.action_generator.set_state(self._restored_generator)

@@ -72,7 +72,9 @@ def record_episodes(model: QMIX, env: VecEnv, n_episodes: int, clustering: RoleC
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[QMIX, dict]:
     """The LightningModule saved in a checkpoint (any acorm-pl algorithm) and the DataModule's settings."""
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    class_path = ckpt.get("acorm_pl", {}).get("class_path", "acorm_pl.algos.qmix.QMIX")
+    class_path = ckpt.get("acorm_pl", {}).get("class_path")
+    if class_path is None:
+        raise ValueError(f"{path} was not written by an acorm-pl algorithm (no acorm_pl.class_path in it)")
     module_name, _, cls_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # drop CLI bookkeeping

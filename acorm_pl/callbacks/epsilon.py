@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from acorm_pl.data.datamodule import require
+from acorm_pl.errors import require
 
 
 class EpsilonSchedule(pl.Callback):

@@ -9,9 +9,9 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
 
-from acorm_pl.data.datamodule import require
 from acorm_pl.data.rollout import collect_rollout
 from acorm_pl.envs.base import VecEnv
+from acorm_pl.errors import require
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation environments never share seeds with training ones
 

@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from acorm_pl.data.datamodule import require
+from acorm_pl.errors import require
 from acorm_pl.losses.clustering import batched_kmeans
 
 

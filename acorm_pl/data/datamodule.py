@@ -13,16 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from acorm_pl.data.episode_buffer import EpisodeBatch, EpisodeReplayBuffer
 from acorm_pl.data.rollout import Rollout, collect_rollout
 from acorm_pl.envs import EnvInfo, VecEnv, get_env_info, make_vec_env
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message is one line naming the value and what is allowed."""
-
-
-def require(ok: bool, message: str) -> None:
-    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(message)
+from acorm_pl.errors import require
 
 
 class RolloutDataModule(pl.LightningDataModule):
