@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, StepResult, VecEnv
+from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, SingleEnv, SingleStep, StepResult, VecEnv
 
 
 def _smax_info(map_name: str, **kwargs: Any) -> EnvInfo:
@@ -20,10 +20,36 @@ def _smax_make(map_name: str, seeds: Sequence[int], **kwargs: Any) -> VecEnv:
     return SMAXVecEnv(map_name, seeds=seeds, **kwargs)
 
 
+def _smac_info(map_name: str, **kwargs: Any) -> EnvInfo:
+    from acorm_pl.envs.smac import smac_env_info
+
+    return smac_env_info(map_name, **kwargs)
+
+
+def _smac_make(map_name: str, seeds: Sequence[int], **kwargs: Any) -> VecEnv:
+    from acorm_pl.envs.smac import make_smac_vec_env
+
+    return make_smac_vec_env(map_name, seeds=seeds, **kwargs)
+
+
+def _football_info(map_name: str, **kwargs: Any) -> EnvInfo:
+    from acorm_pl.envs.football import football_env_info
+
+    return football_env_info(map_name, **kwargs)
+
+
+def _football_make(map_name: str, seeds: Sequence[int], **kwargs: Any) -> VecEnv:
+    from acorm_pl.envs.football import make_football_vec_env
+
+    return make_football_vec_env(map_name, seeds=seeds, **kwargs)
+
+
 # family -> (env_info(map_name, **kwargs), make(map_name, seeds, **kwargs)); imports stay lazy so a
 # family's heavy dependency (jax, gfootball, StarCraft II) is only needed when it is used.
 FAMILIES: dict[str, tuple[Callable[..., EnvInfo], Callable[..., VecEnv]]] = {
     "smax": (_smax_info, _smax_make),
+    "smac": (_smac_info, _smac_make),
+    "football": (_football_info, _football_make),
 }
 
 
@@ -48,6 +74,8 @@ __all__ = [
     "EnvConfigError",
     "EnvInfo",
     "ResetResult",
+    "SingleEnv",
+    "SingleStep",
     "StepResult",
     "VecEnv",
     "get_env_info",

@@ -11,6 +11,7 @@ import abc
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -48,6 +49,9 @@ class StepResult:
     terminated: torch.Tensor  # [n_envs] bool
     truncated: torch.Tensor  # [n_envs] bool
     battle_won: torch.Tensor  # [n_envs] bool
+    # Copies whose in-flight episode was lost (a crashed or hung worker): the rollout drops that episode
+    # whole. ``None`` means none was lost (vectorised families never lose one).
+    discarded: torch.Tensor | None = None  # [n_envs] bool
 
 
 @dataclass
@@ -69,6 +73,7 @@ class VecEnv(abc.ABC):
     """
 
     n_envs: int
+    restarts: int = 0  # worker processes restarted after a crash or hang (process-backed families)
 
     @property
     @abc.abstractmethod
@@ -83,6 +88,9 @@ class VecEnv(abc.ABC):
     def close(self) -> None:
         """Release processes, game binaries or device memory held by the environments."""
 
+    def save_replay(self) -> None:
+        """Write replays of the episodes played so far, where the family supports it (SMAC)."""
+
     def state_dict(self) -> dict[str, Any]:
         """RNG state of the copies, so a resumed run draws the same episodes."""
         return {}
@@ -95,3 +103,42 @@ class VecEnv(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class SingleStep:
+    """One transition of one environment (numpy, as a game engine hands it over)."""
+
+    obs: np.ndarray  # [n_agents, obs_dim] float32
+    state: np.ndarray  # [state_dim] float32
+    avail_actions: np.ndarray  # [n_agents, n_actions] bool
+    reward: float
+    terminated: bool
+    truncated: bool
+    battle_won: bool
+
+
+class SingleEnv(abc.ABC):
+    """One copy of a task that lives in its own worker process (SMAC, GRF): the unit that
+    :class:`acorm_pl.envs.workers.ProcessVecEnv` replicates, steps in lockstep and restarts on failure.
+
+    Built inside the worker from a picklable factory, so it may hold a game binary or sockets.
+    """
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> EnvInfo: ...
+
+    @abc.abstractmethod
+    def reset(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Start an episode: (obs [n_agents, obs_dim], state [state_dim], avail_actions [n_agents, n_actions])."""
+
+    @abc.abstractmethod
+    def step(self, actions: np.ndarray) -> SingleStep:
+        """Advance by one step with integer ``actions`` [n_agents]."""
+
+    def save_replay(self) -> None:
+        """Write a replay of the episodes so far, where the engine can (SMAC)."""
+
+    def close(self) -> None:
+        """Stop the engine and any process it started."""
