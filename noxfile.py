@@ -18,3 +18,12 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", "acorm_pl", "tests", "benchmarks", "noxfile.py")
     session.run("ruff", "format", "--check", "--diff", "acorm_pl/losses")
+
+
+@nox.session(python="3.11")
+def football(session: nox.Session) -> None:
+    """Builds gfootball (scripts/install_football.sh) and runs the GRF tests against the real engine."""
+    session.install(TORCH)
+    session.install("-e", ".[smax,dev]")
+    session.run("bash", "scripts/install_football.sh", external=True)
+    session.run("pytest", "-q", "tests/test_env_football.py", *session.posargs)

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -55,6 +57,14 @@ class ACORMCLI(LightningCLI):
         parser.link_arguments("data", "model.init_args.env_info", compute_fn=_env_info_of, apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed_of, apply_on="parse")
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        # The default rich bar is one of trainer_defaults' callbacks; Lightning refuses any progress bar
+        # callback together with enable_progress_bar=False, so drop ours then.
+        if config.get("enable_progress_bar") is False:
+            kept = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, EnvStepProgressBar)]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": kept}
+        return super()._instantiate_trainer(config, callbacks)
+
     def before_fit(self) -> None:
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         tracker = next((lg for lg in self.trainer.loggers if isinstance(lg, MLflowTracker)), None)
@@ -92,8 +102,16 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> ACORMCLI:
     )
 
 
+def _interrupt_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends a run like Ctrl-C: Lightning's interrupt handling marks the run failed and shuts down."""
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; configuration errors end with one line on stderr and exit code 2."""
+    """Console entry point; configuration errors end with one line on stderr and exit code 2. SIGTERM
+    (e.g. from a scheduler) is handled as Ctrl-C, so the run is marked and environment workers are closed."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if in_main_thread else None
     try:
         build_cli(args)
     except (ValueError, ArgumentError) as err:
@@ -103,6 +121,9 @@ def main(args: list[str] | None = None) -> None:
         message = " ".join(str(cause).split())  # jsonargparse spreads one error over several lines
         print(f"acorm-pl: error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _config_error_in(err: BaseException) -> BaseException | None:

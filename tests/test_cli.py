@@ -86,6 +86,16 @@ def test_resume_continues_env_steps_buffer_and_run(workdir):
     assert max(win_steps) >= 800
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_bar_switch_keeps_or_drops_the_env_step_bar(workdir, enabled):
+    from acorm_pl.callbacks import EnvStepProgressBar
+    from acorm_pl.cli import build_cli
+
+    cli = build_cli([*TINY, "--trainer.enable_progress_bar", str(enabled).lower()], run=False)
+    bars = [c for c in cli.trainer.callbacks if isinstance(c, EnvStepProgressBar)]
+    assert len(bars) == int(enabled)
+
+
 def test_bf16_mixed_fit(workdir):
     main(["fit", *TINY, "--trainer.precision", "bf16-mixed"])
     (run,) = _runs(workdir)

@@ -46,6 +46,7 @@ def test_rollout_lengths_outcomes_and_masks(rollout):
     expected_term[0, 1] = expected_term[2, 3] = 1
     assert torch.equal(ep.terminated, expected_term)
     assert rollout.returns.tolist() == [2.0, 6.0, 4.0]
+    assert rollout.discarded == 0 and rollout.n_episodes == 3 and rollout.env_steps == 12
 
 
 def test_rollout_keeps_final_observation_and_zeroes_padding(rollout):
@@ -122,3 +123,13 @@ def test_buffer_rejects_bad_capacity_and_mismatched_checkpoint(rollout):
         EpisodeReplayBuffer(_info(), capacity=4).load_state_dict(buf.state_dict())
     with pytest.raises(ValueError, match="cannot sample 9"):
         buf.sample(9)
+
+
+def test_buffer_add_of_no_episodes_is_a_no_op(rollout):
+    buf = EpisodeReplayBuffer(_info(), capacity=4)
+    buf.add(rollout.episodes, rollout.lengths)
+    before = {k: v.clone() for k, v in buf.storage.items()}
+    empty = rollout.episodes.truncate(0)
+    buf.add(type(empty)(*(getattr(empty, k)[:0] for k in before)), rollout.lengths[:0])
+    assert (len(buf), buf.insert_pos, buf.episodes_added) == (3, 3, 3)
+    assert all(torch.equal(before[k], buf.storage[k]) for k in before)

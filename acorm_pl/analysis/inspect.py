@@ -54,7 +54,7 @@ def record_episodes(model: QMIX, env: VecEnv, n_episodes: int, clustering: RoleC
         labels = clustering.cluster_embeddings(embeddings, batch, k, seed=0)
         alive = alive_agents(batch.avail_actions[:, :-1])
         types = getattr(env, "unit_type_names", None)
-        for i in range(env.n_envs):
+        for i in range(rollout.n_episodes):  # a failed worker's episode is dropped, not recorded
             if len(records) == n_episodes:
                 break
             t = int(rollout.lengths[i])

@@ -28,16 +28,20 @@ class Evaluation(pl.Callback):
         eval_at_start: also evaluate before the first update.
         final_n_eval_episodes: episodes of the evaluation at the end of training (default: ``n_eval_episodes``);
             more episodes give the final number a tighter error bar.
+        save_replay: after each evaluation, ask the evaluation environments to write replays (SMAC: one
+            ``.SC2Replay`` per worker under ``data.env_kwargs.replay_dir``, holding every evaluation episode
+            since its game was launched); a no-op for families without replays.
     """
 
     def __init__(self, eval_interval: int = 5000, n_eval_episodes: int = 32, n_eval_envs: int | None = None,
-                 eval_at_start: bool = True, final_n_eval_episodes: int | None = None):
+                 eval_at_start: bool = True, final_n_eval_episodes: int | None = None, save_replay: bool = False):
         require(eval_interval >= 1, f"evaluation.eval_interval must be a positive integer, got {eval_interval}")
         require(n_eval_episodes >= 1, f"evaluation.n_eval_episodes must be a positive integer, got {n_eval_episodes}")
         require(n_eval_envs is None or n_eval_envs >= 1, f"evaluation.n_eval_envs must be >= 1, got {n_eval_envs}")
         require(final_n_eval_episodes is None or final_n_eval_episodes >= 1,
                 f"evaluation.final_n_eval_episodes must be >= 1, got {final_n_eval_episodes}")
         self.final_n_eval_episodes = final_n_eval_episodes
+        self.save_replay = save_replay
         self.eval_interval, self.n_eval_episodes = eval_interval, n_eval_episodes
         self.n_eval_envs, self.eval_at_start = n_eval_envs, eval_at_start
         self.next_eval = 0
@@ -68,11 +72,13 @@ class Evaluation(pl.Callback):
         remaining = self._episodes_per_rank(trainer, n_episodes)
         while remaining > 0:
             rollout = collect_rollout(env, pl_module, explore=False)
-            take = min(remaining, env.n_envs)
+            take = min(remaining, rollout.n_episodes)  # a failed worker's episode is dropped, not counted
             self._metrics["win_rate"].update(rollout.won[:take].float().to(device))
             self._metrics["return_mean"].update(rollout.returns[:take].to(device))
             self._metrics["ep_length_mean"].update(rollout.lengths[:take].float().to(device))
             remaining -= take
+        if self.save_replay:
+            env.save_replay()
         results = {f"test/{k}": float(m.compute()) for k, m in self._metrics.items()}
         for m in self._metrics.values():
             m.reset()

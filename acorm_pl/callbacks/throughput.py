@@ -10,8 +10,9 @@ import lightning.pytorch as pl
 
 
 class ThroughputMonitor(pl.Callback):
-    """Logs perf/env_steps_per_s, perf/updates_per_s, perf/buffer_episodes and the outcome of the latest
-    training episodes (train/return_mean, train/win_rate), rates over the last ``window`` updates.
+    """Logs perf/env_steps_per_s, perf/updates_per_s, perf/buffer_episodes, perf/worker_restarts (environment
+    worker processes restarted after a crash or hang, all ranks) and the outcome of the latest training
+    episodes (train/return_mean, train/win_rate), rates over the last ``window`` updates.
 
     Args:
         window: number of recent training steps the rates are measured over.
@@ -41,7 +42,8 @@ class ThroughputMonitor(pl.Callback):
         steps_per_s, updates_per_s = self.rates()
         metrics = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s,
                    "perf/buffer_episodes": float(len(dm.buffer))}
-        if dm.last_rollout is not None:
+        metrics["perf/worker_restarts"] = float(dm.worker_restarts)
+        if dm.last_rollout is not None and dm.last_rollout.n_episodes > 0:  # all of them may have been discarded
             metrics["train/return_mean"] = float(dm.last_rollout.returns.mean())
             metrics["train/win_rate"] = float(dm.last_rollout.won.float().mean())
             metrics["train/ep_length_mean"] = float(dm.last_rollout.lengths.float().mean())

@@ -25,6 +25,10 @@ class RolloutDataModule(pl.LightningDataModule):
     over all environments and ranks) have been collected; one epoch spans ``epoch_env_steps`` env steps
     (checkpoints are written at epoch ends).
 
+    ``env_steps`` and ``episodes`` count complete episodes only: an episode a crashed or hung environment
+    worker lost is dropped whole (never stored) and not counted. ``worker_restarts`` counts the worker
+    restarts of the training environments over all ranks (as of the last collection).
+
     Args:
         env: environment family (``smax``).
         map_name: map / scenario of that family, e.g. ``3m``.
@@ -75,6 +79,9 @@ class RolloutDataModule(pl.LightningDataModule):
         self.buffer: EpisodeReplayBuffer | None = None
         self.env_steps = 0  # global (all ranks) environment steps collected
         self.episodes = 0  # global episodes collected
+        self.worker_restarts = 0  # global restarts of crashed / hung environment workers
+        self._restarts_seen = 0  # this rank's env.restarts already added to worker_restarts
+        self._all_can_sample = False  # every rank's buffer holds a batch (decided together after each collect)
         self.last_rollout: Rollout | None = None
         self.collect_seconds = 0.0
         self._pending_state: dict[str, Any] | None = None
@@ -110,6 +117,7 @@ class RolloutDataModule(pl.LightningDataModule):
         if self.env is not None:
             self.env.close()
             self.env = None
+            self._restarts_seen = 0
 
     def make_env(self, n_envs: int, seed_offset: int) -> VecEnv:
         """A separate set of ``n_envs`` copies (e.g. for evaluation) seeded away from the training ones."""
@@ -118,10 +126,14 @@ class RolloutDataModule(pl.LightningDataModule):
 
     # ---- collection ----------------------------------------------------------------------------------
     def _global_sum(self, value: int) -> int:
+        return self._global_sums(value)[0]
+
+    def _global_sums(self, *values: int) -> list[int]:
+        """Each value summed over all ranks, in one collective (none when there is a single process)."""
         if self.world_size == 1:
-            return value
-        t = torch.tensor(float(value), device=self.trainer.strategy.root_device)
-        return int(self.trainer.strategy.reduce(t, reduce_op="sum").item())
+            return list(values)
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.trainer.strategy.root_device)
+        return [int(round(v)) for v in self.trainer.strategy.reduce(t, reduce_op="sum").tolist()]
 
     def collect(self) -> Rollout:
         """One episode in every environment with the current exploring policy, stored in the buffer."""
@@ -130,9 +142,17 @@ class RolloutDataModule(pl.LightningDataModule):
         start = time.perf_counter()
         rollout = collect_rollout(self.env, actor, explore=True)
         self.collect_seconds += time.perf_counter() - start
-        self.buffer.add(rollout.episodes, rollout.lengths)
-        self.env_steps += self._global_sum(rollout.env_steps)
-        self.episodes += self.n_envs * self.world_size
+        self.buffer.add(rollout.episodes, rollout.lengths)  # kept (complete) episodes only
+        new_restarts = self.env.restarts - self._restarts_seen
+        self._restarts_seen = self.env.restarts
+        # Ranks may keep different numbers of episodes, so whether to sample is decided together: only when
+        # every rank's buffer holds a batch (a count of ready ranks rides along in the same all-reduce).
+        ready = int(self.buffer.can_sample(self.batch_size))
+        steps, episodes, restarts, ready = self._global_sums(rollout.env_steps, rollout.n_episodes, new_restarts, ready)
+        self.env_steps += steps
+        self.episodes += episodes
+        self.worker_restarts += restarts
+        self._all_can_sample = ready == self.world_size
         self.last_rollout = rollout
         return rollout
 
@@ -141,8 +161,8 @@ class RolloutDataModule(pl.LightningDataModule):
         epoch_end = min(self.env_steps + self.epoch_env_steps, self.total_env_steps)
         while self.env_steps < epoch_end:
             self.collect()
-            # Every rank holds the same number of episodes, so all ranks take this branch together.
-            if not self.buffer.can_sample(self.batch_size):
+            # Decided over all ranks in collect(), so all ranks take this branch together.
+            if not self._all_can_sample:
                 continue
             for _ in range(self.updates_per_collect):
                 yield self.buffer.sample(self.batch_size)
@@ -157,6 +177,7 @@ class RolloutDataModule(pl.LightningDataModule):
         return {
             "env_steps": self.env_steps,
             "episodes": self.episodes,
+            "worker_restarts": self.worker_restarts,
             "world_size": self.world_size,
             "buffer": self.buffer.state_dict() if self.buffer is not None and self.checkpoint_buffer else None,
             "env": self.env.state_dict() if self.env is not None else None,
@@ -172,6 +193,7 @@ class RolloutDataModule(pl.LightningDataModule):
     def _restore(self, state: dict[str, Any]) -> None:
         assert self.env is not None and self.buffer is not None
         self.env_steps, self.episodes = state["env_steps"], state["episodes"]
+        self.worker_restarts = state.get("worker_restarts", 0)
         if state["buffer"] is not None:
             self.buffer.load_state_dict(state["buffer"])
         same_layout = state.get("world_size", 1) == 1 and self.world_size == 1
@@ -183,11 +205,13 @@ class RolloutDataModule(pl.LightningDataModule):
             self.env.close()
             self.env = make_vec_env(self.env_name, self.map_name, self.env_seeds(offset=self.episodes),
                                     **self.env_kwargs)
+            self._restarts_seen = 0
 
 
 class _SizedBatches:
     """The training iterable. Its length is an upper bound so Lightning never prefetches (a prefetched
-    batch would be collected with a stale policy); it stops early once the epoch's env steps are done."""
+    batch would be collected with a stale policy); it stops early once the epoch's env steps are done.
+    (Collections that lose episodes to failed workers add fewer steps; the epoch may then end a little early.)"""
 
     def __init__(self, dm: RolloutDataModule):
         self.dm = dm

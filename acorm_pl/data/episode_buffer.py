@@ -92,8 +92,13 @@ class EpisodeReplayBuffer:
         return self.size >= batch_size
 
     def add(self, episodes: EpisodeBatch, lengths: torch.Tensor) -> None:
-        """Store each episode of ``episodes`` (padded to any T <= episode_limit), overwriting the oldest."""
+        """Store each episode of ``episodes`` (padded to any T <= episode_limit), overwriting the oldest.
+
+        ``episodes`` must hold whole episodes only; an empty batch (every episode discarded) is a no-op.
+        """
         b, t = episodes.batch_size, episodes.max_t
+        if b == 0:
+            return
         if t > self.info.episode_limit:
             raise ValueError(f"episode of {t} steps exceeds the episode limit {self.info.episode_limit}")
         idx = (torch.arange(b) + self.insert_pos) % self.capacity

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -25,24 +25,37 @@ class Actor(Protocol):
 
 @dataclass
 class Rollout:
-    """One lockstep batch of episodes: padded transitions plus per-episode outcomes."""
+    """One lockstep batch of episodes: padded transitions plus per-episode outcomes.
 
-    episodes: EpisodeBatch  # cut to the longest episode of the batch
-    lengths: torch.Tensor  # [E] int64
-    returns: torch.Tensor  # [E] float32 undiscounted episode returns
-    won: torch.Tensor  # [E] bool
-    truncated: torch.Tensor  # [E] bool, the episode hit the time limit
+    Only complete episodes are kept: those a crashed or hung worker lost (``StepResult.discarded``) are
+    dropped whole and only counted in ``discarded``, so ``K`` (the kept episodes) may be fewer than the
+    copies, even 0.
+    """
+
+    episodes: EpisodeBatch  # cut to the longest kept episode
+    lengths: torch.Tensor  # [K] int64
+    returns: torch.Tensor  # [K] float32 undiscounted episode returns
+    won: torch.Tensor  # [K] bool
+    truncated: torch.Tensor  # [K] bool, the episode hit the time limit
+    discarded: int = 0  # episodes dropped because their worker failed
 
     @property
     def env_steps(self) -> int:
+        """Environment steps of the kept episodes."""
         return int(self.lengths.sum())
+
+    @property
+    def n_episodes(self) -> int:
+        """Number of kept episodes."""
+        return int(self.lengths.numel())
 
 
 @torch.no_grad()
 def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
     """Run one episode in every copy of ``env`` (finished copies wait for the rest, as pymarl's parallel runner).
 
-    Nothing after an episode's end is kept: steps past its length are zero and ``filled`` is 0 there.
+    Nothing after an episode's end is kept: steps past its length are zero and ``filled`` is 0 there. A copy
+    the env reports ``discarded`` ends there and its episode is left out of the result.
     """
     info, n_envs = env.info, env.n_envs
     limit, n = info.episode_limit, info.n_agents
@@ -56,6 +69,7 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
     lengths = torch.full((n_envs,), limit, dtype=torch.int64)
     won = torch.zeros(n_envs, dtype=torch.bool)
     truncated = torch.zeros(n_envs, dtype=torch.bool)
+    discarded = torch.zeros(n_envs, dtype=torch.bool)
 
     first = env.reset()
     obs[:, 0], state[:, 0], avail[:, 0] = first.obs, first.state, first.avail_actions
@@ -67,6 +81,10 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
         step_actions, hidden = actor.act(obs[:, t], last_actions, avail[:, t], hidden, explore)
         step_actions = step_actions.cpu()
         res = env.step(step_actions)
+        if res.discarded is not None:
+            lost = active & res.discarded
+            discarded |= lost
+            active &= ~lost
         live = active.float()
         actions[:, t] = step_actions * active.unsqueeze(-1)
         reward[:, t] = res.reward * live
@@ -86,11 +104,17 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
         if not bool(active.any()):
             break
     truncated |= active  # copies that never reported an end ran into the limit
-    max_t = int(lengths.max())
+    keep = ~discarded
     # Zero everything past each episode's final observation.
     valid_obs = (torch.arange(limit + 1).unsqueeze(0) <= lengths.unsqueeze(1)).float()
     obs *= valid_obs.view(n_envs, limit + 1, 1, 1)
     state *= valid_obs.unsqueeze(-1)
     avail &= valid_obs.bool().view(n_envs, limit + 1, 1, 1)
-    batch = EpisodeBatch(obs, state, avail, actions, reward, terminated, filled).truncate(max_t)
-    return Rollout(batch, lengths, reward.sum(1), won, truncated)
+    batch = EpisodeBatch(obs, state, avail, actions, reward, terminated, filled)
+    if not bool(keep.all()):
+        batch = EpisodeBatch(*(getattr(batch, f.name)[keep] for f in fields(batch)))
+    lengths = lengths[keep]
+    max_t = int(lengths.max()) if lengths.numel() else 0
+    return Rollout(
+        batch.truncate(max_t), lengths, reward.sum(1)[keep], won[keep], truncated[keep], int(discarded.sum())
+    )

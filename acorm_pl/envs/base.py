@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # worker processes import this module: keep torch out of them (seconds per worker)
+    import numpy as np
+    import torch
 
 
 class EnvConfigError(ValueError):

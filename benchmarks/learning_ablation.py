@@ -1,0 +1,164 @@
+"""Learning benchmark (issue 3): ACORM vs QMIX vs w/o CL vs w/o MHA on one SMAX map, several seeds, one
+env-step budget; prints the test win rates (final evaluation and mean of the last evaluations) per run and
+mean / spread per variant as a markdown table.
+
+Every run is a plain ``acorm-pl fit`` of the shipped paper config with the overrides it prints, run in
+its own directory ``<store>/<run name>/`` (its own MLflow sqlite store, so parallel runs never contend
+for one database), so any row can be rerun alone with the printed command.
+
+    python benchmarks/learning_ablation.py --map 5m_vs_6m --seeds 0 1 2 --env-steps 80000 --jobs 2
+    python benchmarks/learning_ablation.py --report-only --store bench_runs   # re-read finished runs
+
+With ``--jobs N`` runs go N at a time, each with one intra-op thread (``OMP_NUM_THREADS=1``): on a 2-core
+machine two single-threaded runs get through more env steps per second than one two-threaded run.
+"""
+
+# ruff: noqa: I001  (acorm_pl must be imported before torch: it sets OMP_WAIT_POLICY)
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import acorm_pl  # noqa: F401
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from common import machine
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {  # Fig. 3's curves: name -> config under conf/smax
+    "ACORM": "acorm_{map}.yaml",
+    "QMIX": "qmix_{map}.yaml",
+    "w/o CL": "ablations/acorm_wo_cl_{map}.yaml",
+    "w/o MHA": "ablations/acorm_wo_mha_{map}.yaml",
+}
+EXPERIMENT = "learning-ablation"
+
+
+def run_name(variant: str, seed: int) -> str:
+    return f"{variant.replace('/', '').replace(' ', '_')}-s{seed}"
+
+
+def command(variant: str, map_name: str, seed: int, args: argparse.Namespace) -> list[str]:
+    config = REPO / "conf" / "smax" / VARIANTS[variant].format(map=map_name)
+    return [
+        "acorm-pl", "fit", "--config", str(config), "--seed_everything", str(seed),
+        "--data.total_env_steps", str(args.env_steps), "--data.updates_per_collect", str(args.updates_per_collect),
+        "--evaluation.eval_interval", str(args.eval_interval),
+        "--evaluation.final_n_eval_episodes", str(args.final_eval_episodes),
+        "--trainer.logger.init_args.experiment_name", EXPERIMENT,
+        "--trainer.logger.init_args.run_name", run_name(variant, seed),
+    ]
+
+
+def bootstrap_ci(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap confidence interval of the mean (the paper's error bars)."""
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(values)
+    means = rng.choice(arr, size=(n, arr.size), replace=True).mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _final_and_last_k(client: MlflowClient, run_id: str, key: str, last_k: int) -> tuple[float, float]:
+    """The final evaluation's value of ``key`` and the mean of the ``last_k`` periodic evaluations before it."""
+    history = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    final = history[-1].value
+    periodic = [m.value for m in history[:-1]][-last_k:] or [final]
+    return final, statistics.fmean(periodic)
+
+
+def _summary(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    lo, hi = bootstrap_ci(values)
+    return f"{statistics.fmean(values):.3f} ± {std:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def report(store: Path, last_k: int) -> None:
+    """Markdown table over every finished run under ``store``: mean ± std [95% bootstrap CI] over seeds."""
+    rows: dict[str, list[tuple[int, float, float, float, float]]] = {v: [] for v in VARIANTS}
+    for db in sorted(store.glob("*/mlruns.db")):
+        client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+        exp = client.get_experiment_by_name(EXPERIMENT)
+        if exp is None:
+            continue
+        for run in client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'"):
+            variant = next((v for v in VARIANTS if run.info.run_name.startswith(run_name(v, 0)[:-1])), None)
+            if variant is None:
+                continue
+            seed = int(run.info.run_name.rsplit("-s", 1)[1])
+            win, win_k = _final_and_last_k(client, run.info.run_id, "test/win_rate", last_k)
+            ret, ret_k = _final_and_last_k(client, run.info.run_id, "test/return_mean", last_k)
+            rows[variant].append((seed, win, win_k, ret, ret_k))
+    print(f"\nmean ± std [95% bootstrap CI] over seeds; final = the last evaluation; last-{last_k} = the mean of "
+          f"the {last_k} periodic evaluations before it\n")
+    print("| variant | seeds | final test win rate | final test return | last-k test return | per seed: win / return |")
+    print("|---|---|---|---|---|---|")
+    for variant, runs in rows.items():
+        if not runs:
+            continue
+        runs.sort()
+        per_seed = ", ".join(f"s{r[0]}: {r[1]:.2f} / {r[3]:.2f}" for r in runs)
+        print(f"| {variant} | {len(runs)} | {_summary([r[1] for r in runs])} | {_summary([r[3] for r in runs])} | "
+              f"{_summary([r[4] for r in runs])} | {per_seed} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--map", default="5m_vs_6m", choices=["5m_vs_6m", "3s5z_vs_3s6z"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--env-steps", type=int, default=100_000)
+    parser.add_argument("--updates-per-collect", type=int, default=4)
+    parser.add_argument("--eval-interval", type=int, default=10_000)
+    parser.add_argument("--final-eval-episodes", type=int, default=64)
+    parser.add_argument("--last-k", type=int, default=3, help="periodic evaluations averaged per run")
+    parser.add_argument("--store", type=Path, default=Path("bench_runs"), help="working directory of the runs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each single-threaded when > 1)")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    args.store.mkdir(parents=True, exist_ok=True)
+    print(f"# machine: {machine()}")
+    if not args.report_only:
+        sweep(args)
+    report(args.store, args.last_k)
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """Every (seed, variant) run, ``args.jobs`` at a time, seed-major (an interrupted sweep still has every
+    variant for the first seeds)."""
+    env = dict(os.environ)
+    if args.jobs > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    queue = [(seed, variant) for seed in args.seeds for variant in args.variants]
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    failed = []
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            seed, variant = queue.pop(0)
+            name, cmd = run_name(variant, seed), command(variant, args.map, seed, args)
+            workdir = args.store / name
+            workdir.mkdir(parents=True, exist_ok=True)
+            print(f"$ (cd {workdir} && {shlex.join(cmd)})", flush=True)
+            log = open(workdir / "run.log", "w")  # noqa: SIM115 - closed with the process
+            running.append((name, subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env),
+                            time.perf_counter()))
+        time.sleep(2)
+        for item in list(running):
+            name, proc, start = item
+            if proc.poll() is not None:
+                running.remove(item)
+                print(f"  {name}: rc={proc.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
+                if proc.returncode != 0:
+                    failed.append(name)
+    if failed:
+        sys.exit(f"runs failed: {', '.join(failed)}; see their run.log under {args.store}")
+
+
+if __name__ == "__main__":
+    main()
