@@ -2,22 +2,18 @@
 env-step budget; prints the test win rates (final evaluation and mean of the last evaluations) per run and
 mean / spread per variant as a markdown table.
 
-Every run is a plain ``acorm-pl fit`` of the shipped paper config with the overrides it prints, run in
-its own directory ``<store>/<run name>/`` (its own MLflow sqlite store, so parallel runs never contend
-for one database), so any row can be rerun alone with the printed command.
+Every run is a plain ``acorm-pl fit`` of the shipped paper config with the overrides it prints, run one
+after the other, each in its own directory ``<store>/<run name>/`` with its own MLflow sqlite store, so
+any row can be rerun alone with the printed command.
 
-    python benchmarks/learning_ablation.py --map 5m_vs_6m --seeds 0 1 2 --env-steps 80000 --jobs 2
+    python benchmarks/learning_ablation.py --map 5m_vs_6m --seeds 0 1 2 --env-steps 80000
     python benchmarks/learning_ablation.py --report-only --store bench_runs   # re-read finished runs
-
-With ``--jobs N`` runs go N at a time, each with one intra-op thread (``OMP_NUM_THREADS=1``): on a 2-core
-machine two single-threaded runs get through more env steps per second than one two-threaded run.
 """
 
 # ruff: noqa: I001  (acorm_pl must be imported before torch: it sets OMP_WAIT_POLICY)
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import subprocess
@@ -113,13 +109,12 @@ def main() -> None:
     parser.add_argument("--map", default="5m_vs_6m", choices=["5m_vs_6m", "3s5z_vs_3s6z"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--env-steps", type=int, default=100_000)
+    parser.add_argument("--env-steps", type=int, default=80_000)
     parser.add_argument("--updates-per-collect", type=int, default=4)
     parser.add_argument("--eval-interval", type=int, default=10_000)
     parser.add_argument("--final-eval-episodes", type=int, default=64)
     parser.add_argument("--last-k", type=int, default=3, help="periodic evaluations averaged per run")
     parser.add_argument("--store", type=Path, default=Path("bench_runs"), help="working directory of the runs")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each single-threaded when > 1)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.store.mkdir(parents=True, exist_ok=True)
@@ -130,34 +125,19 @@ def main() -> None:
 
 
 def sweep(args: argparse.Namespace) -> None:
-    """Every (seed, variant) run, ``args.jobs`` at a time, seed-major (an interrupted sweep still has every
-    variant for the first seeds)."""
-    env = dict(os.environ)
-    if args.jobs > 1:
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    queue = [(seed, variant) for seed in args.seeds for variant in args.variants]
-    running: list[tuple[str, subprocess.Popen, float]] = []
-    failed = []
-    while queue or running:
-        while queue and len(running) < args.jobs:
-            seed, variant = queue.pop(0)
+    """Every (seed, variant) run, seed-major (an interrupted sweep still has every variant for its first seeds)."""
+    for seed in args.seeds:
+        for variant in args.variants:
             name, cmd = run_name(variant, seed), command(variant, args.map, seed, args)
             workdir = args.store / name
             workdir.mkdir(parents=True, exist_ok=True)
             print(f"$ (cd {workdir} && {shlex.join(cmd)})", flush=True)
-            log = open(workdir / "run.log", "w")  # noqa: SIM115 - closed with the process
-            running.append((name, subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env),
-                            time.perf_counter()))
-        time.sleep(2)
-        for item in list(running):
-            name, proc, start = item
-            if proc.poll() is not None:
-                running.remove(item)
-                print(f"  {name}: rc={proc.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
-                if proc.returncode != 0:
-                    failed.append(name)
-    if failed:
-        sys.exit(f"runs failed: {', '.join(failed)}; see their run.log under {args.store}")
+            start = time.perf_counter()
+            with open(workdir / "run.log", "w") as log:
+                rc = subprocess.call(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+            print(f"  {name}: rc={rc} in {time.perf_counter() - start:.0f} s", flush=True)
+            if rc != 0:
+                sys.exit(f"{name} failed (rc={rc}); see {workdir / 'run.log'}")
 
 
 if __name__ == "__main__":
