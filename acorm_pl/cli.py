@@ -2,6 +2,7 @@
 
     acorm-pl fit --config conf/quickstart.yaml
     acorm-pl fit --help
+    acorm-pl evaluate <checkpoint> --help    # and acorm-pl curves: acorm_pl/analysis/commands.py
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class ACORMCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def before_fit(self) -> None:
+        self.datamodule.use_algorithm(self.model)  # bad combinations fail before a run is started
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         tracker = next((lg for lg in self.trainer.loggers if isinstance(lg, MLflowTracker)), None)
         if ckpt_path and tracker is not None and tracker._run_id is None and os.path.isfile(ckpt_path):
@@ -107,13 +109,23 @@ def _interrupt_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"received signal {signum}")
 
 
+ANALYSIS_COMMANDS = ("evaluate", "curves")  # argparse commands of acorm_pl.analysis.commands
+
+
 def main(args: list[str] | None = None) -> None:
-    """Console entry point; configuration errors end with one line on stderr and exit code 2. SIGTERM
-    (e.g. from a scheduler) is handled as Ctrl-C, so the run is marked and environment workers are closed."""
+    """Console entry point: LightningCLI's subcommands (``fit`` ...) and the analysis commands ``evaluate``
+    and ``curves``; configuration errors end with one line on stderr and exit code 2. SIGTERM (e.g. from a
+    scheduler) is handled as Ctrl-C, so the run is marked and environment workers are closed."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if in_main_thread else None
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        build_cli(args)
+        if argv and argv[0] in ANALYSIS_COMMANDS:
+            from acorm_pl.analysis.commands import run_command  # matplotlib and scikit-learn only when needed
+
+            run_command(argv)
+        else:
+            build_cli(args)
     except (ValueError, ArgumentError) as err:
         cause = _config_error_in(err)
         if cause is None:

@@ -1,12 +1,14 @@
-"""Learning benchmark (issue 3): ACORM vs QMIX vs w/o CL vs w/o MHA on one SMAX map, several seeds, one
-env-step budget; prints the test win rates (final evaluation and mean of the last evaluations) per run and
-mean / spread per variant as a markdown table.
+"""Learning benchmarks on one SMAX map, several seeds, one env-step budget: the ablation suite (issue 3: ACORM
+vs QMIX vs w/o CL vs w/o MHA, Fig. 3) or the MAPPO suite (issue 5: MAPPO vs ACORM-MAPPO, Appendix D, Fig. 9);
+prints the test win rates (final evaluation and mean of the last evaluations) per run and mean / spread per
+variant as a markdown table.
 
 Every run is a plain ``acorm-pl fit`` of the shipped paper config with the overrides it prints, run one
 after the other, each in its own directory ``<store>/<run name>/`` with its own MLflow sqlite store, so
 any row can be rerun alone with the printed command.
 
     python benchmarks/learning_ablation.py --map 5m_vs_6m --seeds 0 1 2 --env-steps 80000
+    python benchmarks/learning_ablation.py --suite mappo --map 5m_vs_6m --seeds 0 1 2 --env-steps 300000
     python benchmarks/learning_ablation.py --report-only --store bench_runs   # re-read finished runs
 """
 
@@ -22,18 +24,23 @@ import time
 from pathlib import Path
 
 import acorm_pl  # noqa: F401
-import numpy as np
 from mlflow.tracking import MlflowClient
+
+from acorm_pl.analysis.stats import bootstrap_ci
 
 from common import machine
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {  # Fig. 3's curves: name -> config under conf/smax
-    "ACORM": "acorm_{map}.yaml",
+VARIANTS = {  # name -> config under conf/smax
+    "ACORM": "acorm_{map}.yaml",  # Fig. 3's curves
     "QMIX": "qmix_{map}.yaml",
     "w/o CL": "ablations/acorm_wo_cl_{map}.yaml",
     "w/o MHA": "ablations/acorm_wo_mha_{map}.yaml",
+    "MAPPO": "mappo_{map}.yaml",  # Fig. 9's curves
+    "ACORM-MAPPO": "acorm_mappo_{map}.yaml",
 }
+SUITES = {"ablation": ["ACORM", "QMIX", "w/o CL", "w/o MHA"], "mappo": ["MAPPO", "ACORM-MAPPO"]}
+ON_POLICY = {"MAPPO", "ACORM-MAPPO"}  # one PPO update per batch of fresh episodes: no updates_per_collect
 EXPERIMENT = "learning-ablation"
 
 
@@ -43,22 +50,15 @@ def run_name(variant: str, seed: int) -> str:
 
 def command(variant: str, map_name: str, seed: int, args: argparse.Namespace) -> list[str]:
     config = REPO / "conf" / "smax" / VARIANTS[variant].format(map=map_name)
+    replay = [] if variant in ON_POLICY else ["--data.updates_per_collect", str(args.updates_per_collect)]
     return [
         "acorm-pl", "fit", "--config", str(config), "--seed_everything", str(seed),
-        "--data.total_env_steps", str(args.env_steps), "--data.updates_per_collect", str(args.updates_per_collect),
+        "--data.total_env_steps", str(args.env_steps), *replay,
         "--evaluation.eval_interval", str(args.eval_interval),
         "--evaluation.final_n_eval_episodes", str(args.final_eval_episodes),
         "--trainer.logger.init_args.experiment_name", EXPERIMENT,
         "--trainer.logger.init_args.run_name", run_name(variant, seed),
     ]
-
-
-def bootstrap_ci(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap confidence interval of the mean (the paper's error bars)."""
-    rng = np.random.default_rng(seed)
-    arr = np.asarray(values)
-    means = rng.choice(arr, size=(n, arr.size), replace=True).mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def _final_and_last_k(client: MlflowClient, run_id: str, key: str, last_k: int) -> tuple[float, float]:
@@ -106,17 +106,22 @@ def report(store: Path, last_k: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--map", default="5m_vs_6m", choices=["5m_vs_6m", "3s5z_vs_3s6z"])
+    parser.add_argument("--suite", default="ablation", choices=list(SUITES), help="the variants run by default")
+    parser.add_argument("--map", default="5m_vs_6m", help="a SMAX map with a config for every variant run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: those of --suite")
     parser.add_argument("--env-steps", type=int, default=80_000)
-    parser.add_argument("--updates-per-collect", type=int, default=4)
+    parser.add_argument("--updates-per-collect", type=int, default=4, help="replay variants only")
     parser.add_argument("--eval-interval", type=int, default=10_000)
     parser.add_argument("--final-eval-episodes", type=int, default=64)
     parser.add_argument("--last-k", type=int, default=3, help="periodic evaluations averaged per run")
     parser.add_argument("--store", type=Path, default=Path("bench_runs"), help="working directory of the runs")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    args.variants = args.variants or SUITES[args.suite]
+    missing = [v for v in args.variants if not (REPO / "conf" / "smax" / VARIANTS[v].format(map=args.map)).exists()]
+    if missing:
+        parser.error(f"no config for {', '.join(missing)} on map {args.map!r} under conf/smax")
     args.store.mkdir(parents=True, exist_ok=True)
     print(f"# machine: {machine()}")
     if not args.report_only:

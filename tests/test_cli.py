@@ -134,10 +134,11 @@ def test_bad_config_values_fail_with_one_line(workdir, capsys, args, expected):
     assert not _runs(workdir)  # nothing was started
 
 
-def _ddp_fit(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+def _ddp_fit(workdir: Path, *extra: str, base: list[str] | None = None) -> subprocess.CompletedProcess:
+    """A 2-process DDP ``acorm-pl fit`` of ``base`` (default: TINY) and ``extra`` in a subprocess."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "acorm_pl.cli", "fit", *TINY, "--trainer.accelerator", "cpu",
+    cmd = [sys.executable, "-m", "acorm_pl.cli", "fit", *(base or TINY), "--trainer.accelerator", "cpu",
            "--trainer.devices", "2", "--trainer.strategy", "ddp", *extra]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]

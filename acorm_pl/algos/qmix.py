@@ -10,18 +10,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from acorm_pl.algos.base import MARLModule
 from acorm_pl.data.episode_buffer import EpisodeBatch
-from acorm_pl.envs.base import EnvInfo
 from acorm_pl.errors import require
 from acorm_pl.losses import double_q_next_values, epsilon_greedy, masked_td_loss, td_lambda_targets, td_targets
-from acorm_pl.nets import AgentOutput, QMixer, RecurrentQAgent, agent_inputs, shift_actions
+from acorm_pl.nets import AgentOutput, QMixer, RecurrentQAgent, shift_actions
 
 
-class QMIX(pl.LightningModule):
+class QMIX(MARLModule):
     """QMIX learner and actor.
 
     Args:
@@ -67,13 +66,9 @@ class QMIX(pl.LightningModule):
         tau: float = 0.005,
         target_update_interval: int = 200,
     ):
-        super().__init__()
-        require(env_info is not None, "model.env_info is missing: it is linked from the data module by the CLI")
-        require(0.0 <= gamma <= 1.0, f"model.gamma must be in [0, 1], got {gamma}")
+        super().__init__(env_info, gamma, lr_decay_env_steps, lr_final_ratio)
         require(0.0 <= td_lambda <= 1.0, f"model.td_lambda must be in [0, 1], got {td_lambda}")
         require(lr > 0, f"model.lr must be > 0, got {lr}")
-        require(lr_decay_env_steps >= 0, f"model.lr_decay_env_steps must be >= 0, got {lr_decay_env_steps}")
-        require(0.0 < lr_final_ratio <= 1.0, f"model.lr_final_ratio must be in (0, 1], got {lr_final_ratio}")
         require(target_update in ("soft", "hard"),
                 f"model.target_update must be 'soft' or 'hard', got {target_update!r}")
         require(0.0 < tau <= 1.0, f"model.tau must be in (0, 1], got {tau}")
@@ -82,17 +77,10 @@ class QMIX(pl.LightningModule):
         require(embed_dim >= 1 and mixing_embed_dim >= 1, "model.embed_dim and model.mixing_embed_dim must be >= 1")
         require(hypernet_layers in (1, 2), f"model.hypernet_layers must be 1 or 2, got {hypernet_layers}")
         self.save_hyperparameters()
-        self.automatic_optimization = False
-        self.info = EnvInfo(**env_info)
-        self.input_dim = (self.info.obs_dim + (self.info.n_actions if add_last_action else 0)
-                          + (self.info.n_agents if add_agent_id else 0))
         self.build_networks()
         self.target_agent = self._frozen_copy(self.agent)
         self.target_mixer = self._frozen_copy(self.mixer)
-        self.register_buffer("n_updates", torch.zeros((), dtype=torch.int64))
         self.epsilon = 1.0  # set by the EpsilonSchedule callback
-        self.action_generator = torch.Generator()
-        self._restored_generator: torch.Tensor | None = None
 
     # ---- networks (hooks for subclasses) -------------------------------------------------------------
     def build_networks(self) -> None:
@@ -119,9 +107,6 @@ class QMIX(pl.LightningModule):
         """What the mixer's hypernetworks see at every time step: the raw state for QMIX ([B, T+1, S])."""
         return batch.state
 
-    def on_agent_output(self, out: AgentOutput) -> None:
-        """Called with the online agent network's output in every TD loss (a hook for subclasses)."""
-
     def td_parameters(self) -> list[nn.Parameter]:
         return [*self.agent.parameters(), *self.mixer.parameters()]
 
@@ -132,25 +117,9 @@ class QMIX(pl.LightningModule):
         return target
 
     # ---- acting ----------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        # One exploration stream per rank, derived from the (seeded) global RNG.
-        self.action_generator.manual_seed(int(torch.randint(0, 2**31 - 1, ())) + self.global_rank)
-
-    def inputs(self, obs: torch.Tensor, last_actions: torch.Tensor) -> torch.Tensor:
-        hp = self.hparams
-        return agent_inputs(obs, last_actions if hp.add_last_action else None, self.info.n_actions, hp.add_agent_id)
-
-    def initial_state(self, n_envs: int) -> torch.Tensor:
-        return torch.zeros(n_envs, self.info.n_agents, self.hparams.embed_dim, device=self.device)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor, last_actions: torch.Tensor, avail: torch.Tensor, hidden: torch.Tensor,
-            explore: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epsilon-greedy (or greedy) actions for one step of ``E`` environments."""
-        x = self.inputs(obs.to(self.device).unsqueeze(1), last_actions.to(self.device).unsqueeze(1))
-        out = self.agent_forward(x, h0=hidden)
-        eps = self.epsilon if explore else 0.0
-        return epsilon_greedy(out.q[:, 0].float(), avail.to(self.device), eps, self.action_generator), out.hidden
+    def select_actions(self, outputs: torch.Tensor, avail: torch.Tensor, explore: bool) -> torch.Tensor:
+        """Epsilon-greedy over the Q values when exploring, greedy otherwise."""
+        return epsilon_greedy(outputs, avail, self.epsilon if explore else 0.0, self.action_generator)
 
     # ---- learning --------------------------------------------------------------------------------------
     def td_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -205,11 +174,7 @@ class QMIX(pl.LightningModule):
 
     def scheduled_lr(self) -> float:
         """Linear decay from ``lr`` to ``lr * lr_final_ratio`` over ``lr_decay_env_steps`` env steps (0: constant)."""
-        hp = self.hparams
-        if hp.lr_decay_env_steps <= 0:
-            return hp.lr
-        frac = min(1.0, self.env_steps / hp.lr_decay_env_steps)
-        return hp.lr * (1.0 - frac * (1.0 - hp.lr_final_ratio))
+        return self.hparams.lr * self.lr_scale()
 
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(target, online) modules kept in sync by :meth:`update_targets`."""
@@ -231,39 +196,13 @@ class QMIX(pl.LightningModule):
         return torch.optim.Adam(self.td_parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
 
     # ---- bookkeeping -----------------------------------------------------------------------------------
-    @property
-    def env_steps(self) -> int:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        return int(getattr(dm, "env_steps", 0))
-
-    def should_log(self) -> bool:
-        """Whether Lightning flushes step metrics after this batch (every ``log_every_n_steps``).
-
-        Logging only then matters: each ``self.log`` call costs milliseconds of bookkeeping, a sizeable
-        share of a small model's update.
-        """
-        connector = getattr(self.trainer, "_logger_connector", None) if self._trainer is not None else None
-        return bool(getattr(connector, "should_update_logs", True))
-
     def log_train(self, metrics: dict[str, Any]) -> None:
-        """Log step metrics against the env-step count (Lightning uses a logged ``step`` as the x value)."""
-        if not self.should_log():
-            return
-        metrics = {**metrics, "train/epsilon": self.epsilon}
-        self.log_dict(metrics, on_step=True, on_epoch=False)
-        self.log("step", float(self.env_steps), on_step=True, on_epoch=False)
+        super().log_train({**metrics, "train/epsilon": self.epsilon})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        cls = type(self)
-        checkpoint["acorm_pl"] = {"epsilon": self.epsilon, "action_generator": self.action_generator.get_state(),
-                                  "class_path": f"{cls.__module__}.{cls.__qualname__}"}
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["acorm_pl"]["epsilon"] = self.epsilon
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("acorm_pl", {})
-        self.epsilon = state.get("epsilon", self.epsilon)
-        if "action_generator" in state:
-            self._restored_generator = state["action_generator"]
-
-    def on_fit_start(self) -> None:
-        if self._restored_generator is not None and self.global_rank == 0:
-            self.action_generator.set_state(self._restored_generator)
+        super().on_load_checkpoint(checkpoint)
+        self.epsilon = checkpoint.get("acorm_pl", {}).get("epsilon", self.epsilon)

@@ -1,20 +1,23 @@
 """Look inside a trained policy: greedy episodes with per-timestep agent embeddings, role
-representations, cluster labels and attention weights (the data behind the paper's Figs. 4-5)."""
+representations, cluster labels, attention weights and unit health (the data behind the paper's Figs. 4-5)."""
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from acorm_pl.algos.acorm import alive_agents
-from acorm_pl.algos.qmix import QMIX
+from acorm_pl.algos.base import MARLModule, alive_agents
 from acorm_pl.callbacks.roles import RoleClustering
-from acorm_pl.data.rollout import collect_rollout
+from acorm_pl.data.episode_buffer import EpisodeBatch
+from acorm_pl.data.rollout import Rollout, collect_rollout
 from acorm_pl.envs import VecEnv, make_vec_env
-from acorm_pl.nets import shift_actions
+from acorm_pl.errors import require
+from acorm_pl.nets import AgentOutput, shift_actions
 
 
 @dataclass
@@ -32,31 +35,71 @@ class EpisodeRecord:
     cluster_labels: torch.Tensor | None  # [T, N] K-means clusters of e^t (-1: dead)
     attention: torch.Tensor | None  # [T, heads, N] weights of the state embedding over agents (ACORM)
     unit_types: list[str] | None  # the agents' unit types, where the environment knows them
+    health: torch.Tensor | None = None  # [T, N] health as a fraction of the maximum, where the environment says
+
+
+def ally_health(env: VecEnv, state: torch.Tensor) -> torch.Tensor | None:
+    """Health fractions [..., N] of the agents read from global states [..., state_dim], or None when the
+    environment's state layout is not known (only SMAX's is: per unit [health, x, y, cooldown, type one-hot]
+    for allies then enemies, then every unit's team and type index, so state_dim = units * (features + 2))."""
+    from acorm_pl.envs.smax import N_MOVE_ACTIONS, SMAXVecEnv
+
+    if not isinstance(env, SMAXVecEnv):
+        return None
+    info = env.info
+    n_units = info.n_agents + info.n_actions - N_MOVE_ACTIONS
+    n_feat = info.state_dim // n_units - 2
+    allies = state[..., : info.n_agents * n_feat].reshape(*state.shape[:-1], info.n_agents, n_feat)
+    return allies[..., 0].clone()
+
+
+def greedy_rollouts(model: MARLModule, env: VecEnv, n_episodes: int) -> Iterator[tuple[Rollout, int]]:
+    """Greedy rollouts of ``model`` in ``env`` (rounds of ``env.n_envs`` episodes) until ``n_episodes``
+    complete episodes were collected; yields each rollout and how many of its episodes count (a failed
+    worker's episode is dropped, not counted). The model is left in eval mode during the rounds."""
+    require(n_episodes >= 1, f"n_episodes must be a positive integer, got {n_episodes}")
+    was_training = model.training
+    model.eval()
+    try:
+        remaining = n_episodes
+        while remaining > 0:
+            rollout = collect_rollout(env, model, explore=False)
+            take = min(remaining, rollout.n_episodes)
+            remaining -= take
+            yield rollout, take
+    finally:
+        model.train(was_training)
+
+
+def _conditioning(model: MARLModule, batch: EpisodeBatch, out: AgentOutput) -> None:
+    """Run the state side (mixer or critic conditioning) so ACORM's ``last_attention`` holds this batch's."""
+    condition = getattr(model, "mixer_conditioning", None) or getattr(model, "critic_conditioning", None)
+    if condition is not None:
+        condition(batch, out)
 
 
 @torch.no_grad()
-def record_episodes(model: QMIX, env: VecEnv, n_episodes: int, clustering: RoleClustering | None = None,
-                    n_clusters: int | None = None) -> list[EpisodeRecord]:
+def record_episodes(model: MARLModule, env: VecEnv, n_episodes: int, clustering: RoleClustering | None = None,
+                    n_clusters: int | None = None, on_episodes: Callable[[int], None] | None = None
+                    ) -> list[EpisodeRecord]:
     """Run ``n_episodes`` greedy episodes of ``model`` in ``env`` (in rounds of ``env.n_envs``) and record
-    what the networks computed at every step. Clusters use ``n_clusters`` (default: the model's K, or 3)."""
-    model.eval()
+    what the networks computed at every step. Clusters use ``n_clusters`` (default: the model's K, or 3).
+    ``on_episodes(k)`` is called after each round with the number of episodes it added (for progress)."""
     k = n_clusters or int(model.hparams.get("n_clusters", 3))
     clustering = clustering or RoleClustering()
+    types = getattr(env, "unit_type_names", None)
     records: list[EpisodeRecord] = []
-    while len(records) < n_episodes:
-        rollout = collect_rollout(env, model, explore=False)
+    for rollout, take in greedy_rollouts(model, env, n_episodes):
         batch = rollout.episodes.to(model.device)
         x = model.inputs(batch.obs, shift_actions(batch.actions))
         out = model.agent_forward(x)  # whole sequences: equal to the step-by-step actor
-        model.mixer_conditioning(batch, out)
+        _conditioning(model, batch, out)
         attention = getattr(model, "last_attention", None)
         embeddings = out.embedding[:, :-1].float()
         labels = clustering.cluster_embeddings(embeddings, batch, k, seed=0)
         alive = alive_agents(batch.avail_actions[:, :-1])
-        types = getattr(env, "unit_type_names", None)
-        for i in range(rollout.n_episodes):  # a failed worker's episode is dropped, not recorded
-            if len(records) == n_episodes:
-                break
+        health = ally_health(env, batch.state[:, :-1].cpu())
+        for i in range(take):
             t = int(rollout.lengths[i])
             records.append(EpisodeRecord(
                 length=t, won=bool(rollout.won[i]), episode_return=float(rollout.returns[i]),
@@ -64,17 +107,50 @@ def record_episodes(model: QMIX, env: VecEnv, n_episodes: int, clustering: RoleC
                 embeddings=embeddings[i, :t].cpu(),
                 roles=None if out.roles is None else out.roles[i, :t].float().cpu(),
                 cluster_labels=labels[i, :t].cpu(),
-                attention=None if attention is None else attention[i, :t].cpu(),
-                unit_types=list(types) if types is not None else None))
+                attention=None if attention is None else attention[i, :t].float().cpu(),
+                unit_types=list(types) if types is not None else None,
+                health=None if health is None else health[i, :t]))
+        if on_episodes is not None:
+            on_episodes(take)
     return records
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[QMIX, dict]:
+def save_records(records: list[EpisodeRecord], path: str | Path) -> Path:
+    """Write ``records`` to ``path`` (torch format, plain tensors and lists: loadable with weights_only)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save([asdict(r) for r in records], path)
+    return path
+
+
+def load_records(path: str | Path) -> list[EpisodeRecord]:
+    """Records written by :func:`save_records`."""
+    require(Path(path).is_file(), f"no records file at {path}")
+    names = {f.name for f in fields(EpisodeRecord)}
+    return [EpisodeRecord(**{k: v for k, v in d.items() if k in names})
+            for d in torch.load(path, map_location="cpu", weights_only=True)]
+
+
+def _checked(path: str | Path) -> Path:
+    require(Path(path).is_file(), f"no checkpoint at {path}")
+    return Path(path)
+
+
+def checkpoint_summary(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint says about its run without building the model: algorithm class path, env family,
+    map, env steps and the MLflow run id (None where not recorded)."""
+    ckpt = torch.load(_checked(path), map_location="cpu", weights_only=False, mmap=True)
+    data = ckpt.get("datamodule_hyper_parameters", {})
+    return {"class_path": ckpt.get("acorm_pl", {}).get("class_path"), "env": data.get("env", "smax"),
+            "map_name": data.get("map_name"), "env_steps": int(ckpt.get("RolloutDataModule", {}).get("env_steps", 0)),
+            "mlflow_run_id": ckpt.get("mlflow_run_id")}
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MARLModule, dict]:
     """The LightningModule saved in a checkpoint (any acorm-pl algorithm) and the DataModule's settings."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = torch.load(_checked(path), map_location=map_location, weights_only=False)
     class_path = ckpt.get("acorm_pl", {}).get("class_path")
-    if class_path is None:
-        raise ValueError(f"{path} was not written by an acorm-pl algorithm (no acorm_pl.class_path in it)")
+    require(class_path is not None, f"{path} was not written by an acorm-pl algorithm (no acorm_pl.class_path in it)")
     module_name, _, cls_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # drop CLI bookkeeping
@@ -83,14 +159,18 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[QMIX, 
     return model, dict(ckpt.get("datamodule_hyper_parameters", {}))
 
 
+def checkpoint_env(data: dict, seed: int, n_envs: int) -> VecEnv:
+    """``n_envs`` copies of a checkpoint's environment (DataModule settings ``data``), seeded ``seed + i``."""
+    return make_vec_env(data.get("env", "smax"), data["map_name"], [seed + i for i in range(n_envs)],
+                        **(data.get("env_kwargs") or {}))
+
+
 def inspect_checkpoint(path: str | Path, n_episodes: int = 4, seed: int = 0, n_envs: int | None = None
                        ) -> list[EpisodeRecord]:
     """Greedy episodes of the policy in checkpoint ``path`` on its own environment, with the per-timestep
     data of :class:`EpisodeRecord`. Environment copies are seeded ``seed + i``."""
     model, data = load_checkpoint(path)
-    n = n_envs or n_episodes
-    env = make_vec_env(data.get("env", "smax"), data["map_name"], [seed + i for i in range(n)],
-                       **(data.get("env_kwargs") or {}))
+    env = checkpoint_env(data, seed, n_envs or n_episodes)
     try:
         return record_episodes(model, env, n_episodes)
     finally:

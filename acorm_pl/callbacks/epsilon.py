@@ -12,6 +12,8 @@ from acorm_pl.errors import require
 class EpsilonSchedule(pl.Callback):
     """epsilon(t) = start + (finish - start) * min(1, t / anneal_steps), t = env steps; sets ``module.epsilon``.
 
+    Modules without an ``epsilon`` (MAPPO and ACORM-MAPPO explore by sampling their policy) are left alone.
+
     Args:
         start: exploration rate at env step 0.
         finish: exploration rate after ``anneal_steps`` env steps (kept from then on).

@@ -7,20 +7,21 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from acorm_pl.algos.base import alive_agents
 from acorm_pl.errors import require
 from acorm_pl.losses.clustering import batched_kmeans
 
 
 class RoleClustering(pl.Callback):
-    """Every ``interval``-th TD update, partitions the agents of every valid (episode, timestep) of the
-    batch into K clusters by K-means on their agent embeddings (paper Sec. 2.1, negative pairs
-    generation), batched over all of them in torch on the model's device; the module then takes its
-    contrastive step on the same batch. The embeddings are those of that update's TD forward pass (no
-    second GRU pass). Dead agents are left out and K shrinks to the number alive. Does nothing for
-    modules without contrastive role learning.
+    """Every ``interval``-th update (a TD update of ACORM-QMIX, a PPO update of ACORM-MAPPO), partitions the
+    agents of every valid (episode, timestep) of the batch into K clusters by K-means on their agent
+    embeddings (paper Sec. 2.1, negative pairs generation), batched over all of them in torch on the
+    model's device; the module then takes its contrastive step on the same batch. The embeddings are those
+    of that update's forward pass (no second GRU pass). Dead agents are left out and K shrinks to the
+    number alive. Does nothing for modules without contrastive role learning.
 
     Args:
-        interval: T_cl, TD updates between contrastive updates (Table 2: 100).
+        interval: T_cl, updates between contrastive updates (Table 2: 100 TD updates; Table 4: 32 PPO updates).
         kmeans_iters: Lloyd iterations per clustering.
         kmeans_restarts: k-means++ restarts per group; the lowest-inertia solution is kept (10, as sklearn).
     """
@@ -34,8 +35,6 @@ class RoleClustering(pl.Callback):
     def cluster_embeddings(self, embeddings: torch.Tensor, batch: Any, k: int, seed: int) -> torch.Tensor:
         """Cluster labels [B, T, N] of agent ``embeddings`` [B, T, N, H] of ``batch`` (-1 at padded steps
         and for dead agents), all valid (episode, timestep) groups in one batched K-means."""
-        from acorm_pl.algos.acorm import alive_agents
-
         valid = batch.filled.bool()
         alive = alive_agents(batch.avail_actions[:, :-1])
         result = batched_kmeans(embeddings[valid], k, valid=alive[valid], n_iters=self.kmeans_iters,

@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 
 
 class ThroughputMonitor(pl.Callback):
-    """Logs perf/env_steps_per_s, perf/updates_per_s, perf/buffer_episodes, perf/worker_restarts (environment
-    worker processes restarted after a crash or hang, all ranks) and the outcome of the latest training
+    """Logs perf/env_steps_per_s, perf/updates_per_s, perf/buffer_episodes (replay only), perf/worker_restarts
+    (environment worker processes restarted after a crash or hang, all ranks) and the outcome of the latest training
     episodes (train/return_mean, train/win_rate), rates over the last ``window`` updates.
 
     Args:
@@ -40,8 +40,9 @@ class ThroughputMonitor(pl.Callback):
         if not getattr(pl_module, "should_log", lambda: True)():
             return
         steps_per_s, updates_per_s = self.rates()
-        metrics = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s,
-                   "perf/buffer_episodes": float(len(dm.buffer))}
+        metrics = {"perf/env_steps_per_s": steps_per_s, "perf/updates_per_s": updates_per_s}
+        if dm.buffer is not None:  # on-policy algorithms have no replay buffer
+            metrics["perf/buffer_episodes"] = float(len(dm.buffer))
         metrics["perf/worker_restarts"] = float(dm.worker_restarts)
         if dm.last_rollout is not None and dm.last_rollout.n_episodes > 0:  # all of them may have been discarded
             metrics["train/return_mean"] = float(dm.last_rollout.returns.mean())

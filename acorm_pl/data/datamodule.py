@@ -29,6 +29,13 @@ class RolloutDataModule(pl.LightningDataModule):
     worker lost is dropped whole (never stored) and not counted. ``worker_restarts`` counts the worker
     restarts of the training environments over all ranks (as of the last collection).
 
+    On-policy algorithms (a LightningModule with ``on_policy = True``, e.g. MAPPO) get no replay buffer:
+    episodes are collected in rounds of ``n_envs`` with the current policy until every rank holds at least
+    ``batch_size`` of them, which are handed over as one batch (padded to the longest) and then dropped.
+    The module does its own epochs and minibatches over that batch, so ``updates_per_collect`` must be 1.
+    A batch is always completed, even past the end of an epoch or of the budget (by less than one batch),
+    so every collected episode is learned from and checkpoints never hold half a batch.
+
     Args:
         env: environment family (``smax``).
         map_name: map / scenario of that family, e.g. ``3m``.
@@ -36,7 +43,7 @@ class RolloutDataModule(pl.LightningDataModule):
         n_envs: environments stepped in lockstep on each rank.
         seed: environment seeds are ``seed + rank * n_envs + i``.
         buffer_size: replay capacity in episodes.
-        batch_size: episodes per sampled batch.
+        batch_size: episodes per sampled batch (on-policy: episodes collected per update, at least).
         updates_per_collect: gradient updates per collected batch of ``n_envs`` episodes.
         total_env_steps: env-step budget of the run.
         epoch_env_steps: env steps per epoch.
@@ -83,6 +90,9 @@ class RolloutDataModule(pl.LightningDataModule):
         self._restarts_seen = 0  # this rank's env.restarts already added to worker_restarts
         self._all_can_sample = False  # every rank's buffer holds a batch (decided together after each collect)
         self.last_rollout: Rollout | None = None
+        self.on_policy = False  # decided by the LightningModule in setup()
+        self._fresh: list[EpisodeBatch] = []  # on-policy episodes collected for the next batch
+        self._fresh_episodes = 0
         self.collect_seconds = 0.0
         self._pending_state: dict[str, Any] | None = None
 
@@ -101,10 +111,20 @@ class RolloutDataModule(pl.LightningDataModule):
         return [base + i for i in range(self.n_envs)]
 
     # ---- lifecycle -----------------------------------------------------------------------------------
+    def use_algorithm(self, module: Any) -> None:
+        """Feed ``module`` on-policy batches (its ``on_policy`` attribute) or replay samples; checks the settings."""
+        self.on_policy = bool(getattr(module, "on_policy", False))
+        require(not self.on_policy or self.updates_per_collect == 1,
+                f"data.updates_per_collect must be 1 for an on-policy algorithm ({type(module).__name__} does its "
+                f"own epochs over each batch), got {self.updates_per_collect}")
+
     def setup(self, stage: str) -> None:
+        self.use_algorithm(self.trainer.lightning_module if self.trainer is not None else None)
         if self.env is None:
             self.env = make_vec_env(self.env_name, self.map_name, self.env_seeds(), **self.env_kwargs)
-        if self.buffer is None:
+        if self.on_policy:
+            rank_zero_info(f"on-policy: batches of >= {self.batch_size} fresh episodes per rank, no replay buffer")
+        elif self.buffer is None:
             self.buffer = EpisodeReplayBuffer(self.env_info, self.buffer_size, self.buffer_device,
                                               seed=self.seed + 1000 * self.rank)
             rank_zero_info(f"replay buffer: {self.buffer_size} episodes x {self.env_info.episode_limit} steps "
@@ -136,18 +156,25 @@ class RolloutDataModule(pl.LightningDataModule):
         return [int(round(v)) for v in self.trainer.strategy.reduce(t, reduce_op="sum").tolist()]
 
     def collect(self) -> Rollout:
-        """One episode in every environment with the current exploring policy, stored in the buffer."""
-        assert self.env is not None and self.buffer is not None, "setup() must run before collect()"
+        """One episode in every environment with the current exploring policy, stored in the buffer (or, on
+        policy, kept for the next batch)."""
+        assert self.env is not None and (self.on_policy or self.buffer is not None), "setup() must run first"
         actor = self.trainer.lightning_module
         start = time.perf_counter()
         rollout = collect_rollout(self.env, actor, explore=True)
         self.collect_seconds += time.perf_counter() - start
-        self.buffer.add(rollout.episodes, rollout.lengths)  # kept (complete) episodes only
         new_restarts = self.env.restarts - self._restarts_seen
         self._restarts_seen = self.env.restarts
         # Ranks may keep different numbers of episodes, so whether to sample is decided together: only when
         # every rank's buffer holds a batch (a count of ready ranks rides along in the same all-reduce).
-        ready = int(self.buffer.can_sample(self.batch_size))
+        if self.on_policy:
+            if rollout.n_episodes:  # kept (complete) episodes only
+                self._fresh.append(rollout.episodes)
+                self._fresh_episodes += rollout.n_episodes
+            ready = int(self._fresh_episodes >= self.batch_size)
+        else:
+            self.buffer.add(rollout.episodes, rollout.lengths)  # kept (complete) episodes only
+            ready = int(self.buffer.can_sample(self.batch_size))
         steps, episodes, restarts, ready = self._global_sums(rollout.env_steps, rollout.n_episodes, new_restarts, ready)
         self.env_steps += steps
         self.episodes += episodes
@@ -156,12 +183,23 @@ class RolloutDataModule(pl.LightningDataModule):
         self.last_rollout = rollout
         return rollout
 
+    def take_fresh_batch(self) -> EpisodeBatch:
+        """The on-policy episodes collected so far as one batch; they are dropped from the data module."""
+        batch = EpisodeBatch.cat(self._fresh)
+        self._fresh, self._fresh_episodes = [], 0
+        return batch
+
     def _batches(self) -> Iterator[EpisodeBatch]:
-        assert self.buffer is not None
+        assert self.on_policy or self.buffer is not None
         epoch_end = min(self.env_steps + self.epoch_env_steps, self.total_env_steps)
         while self.env_steps < epoch_end:
             self.collect()
-            # Decided over all ranks in collect(), so all ranks take this branch together.
+            # Decided over all ranks in collect(), so all ranks take these branches together.
+            if self.on_policy:
+                while not self._all_can_sample:
+                    self.collect()
+                yield self.take_fresh_batch()
+                continue
             if not self._all_can_sample:
                 continue
             for _ in range(self.updates_per_collect):
@@ -185,23 +223,24 @@ class RolloutDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Lightning restores the datamodule before setup() builds the envs and buffer: apply it then.
-        if self.env is None or self.buffer is None:
+        if self.env is None:
             self._pending_state = state
         else:
             self._restore(state)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        assert self.env is not None and self.buffer is not None
+        assert self.env is not None
         self.env_steps, self.episodes = state["env_steps"], state["episodes"]
         self.worker_restarts = state.get("worker_restarts", 0)
-        if state["buffer"] is not None:
+        if state["buffer"] is not None and self.buffer is not None:
             self.buffer.load_state_dict(state["buffer"])
         same_layout = state.get("world_size", 1) == 1 and self.world_size == 1
         if same_layout and state["env"]:
             self.env.load_state_dict(state["env"])
         else:
             # The checkpoint holds rank 0's data only: give every rank fresh, distinct streams.
-            self.buffer.generator.manual_seed(self.seed + 1000 * self.rank + self.episodes)
+            if self.buffer is not None:
+                self.buffer.generator.manual_seed(self.seed + 1000 * self.rank + self.episodes)
             self.env.close()
             self.env = make_vec_env(self.env_name, self.map_name, self.env_seeds(offset=self.episodes),
                                     **self.env_kwargs)

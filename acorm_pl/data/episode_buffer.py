@@ -46,6 +46,29 @@ class EpisodeBatch:
             out[f.name] = value[:, : t + 1] if f.name in _PLUS_ONE else value[:, :t]
         return EpisodeBatch(**out)
 
+    def select(self, idx: torch.Tensor) -> EpisodeBatch:
+        """The episodes ``idx`` (a minibatch), with the same padding."""
+        return EpisodeBatch(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    @staticmethod
+    def cat(batches: list[EpisodeBatch]) -> EpisodeBatch:
+        """Episodes of several batches in one, padded (zeros, ``filled`` 0) to the longest of them."""
+        batches = [b for b in batches if b.batch_size > 0]
+        if not batches:
+            raise ValueError("no episodes to concatenate")
+        t = max(b.max_t for b in batches)
+        out = {}
+        for f in fields(EpisodeBatch):
+            steps = t + 1 if f.name in _PLUS_ONE else t
+            parts = []
+            for b in batches:
+                value = getattr(b, f.name)
+                pad = torch.zeros(value.shape[0], steps - value.shape[1], *value.shape[2:], dtype=value.dtype,
+                                  device=value.device)
+                parts.append(torch.cat([value, pad], dim=1))
+            out[f.name] = torch.cat(parts, dim=0)
+        return EpisodeBatch(**out)
+
 
 _PLUS_ONE = {"obs", "state", "avail_actions"}
 

@@ -2,6 +2,7 @@
 
 from acorm_pl.nets.agent import AgentOutput, RecurrentQAgent, RoleQAgent, TrajectoryEncoder, agent_inputs, shift_actions
 from acorm_pl.nets.attention import AttentionMixerInput, RoleAttention, StateEncoder
+from acorm_pl.nets.critic import RecurrentCritic, ValueNormalizer
 from acorm_pl.nets.mixers import QMixer
 from acorm_pl.nets.roles import ContrastiveRoleHead, RoleEncoder
 
@@ -10,12 +11,14 @@ __all__ = [
     "AttentionMixerInput",
     "ContrastiveRoleHead",
     "QMixer",
+    "RecurrentCritic",
     "RecurrentQAgent",
     "RoleAttention",
     "RoleEncoder",
     "RoleQAgent",
     "StateEncoder",
     "TrajectoryEncoder",
+    "ValueNormalizer",
     "agent_inputs",
     "shift_actions",
 ]

@@ -78,6 +78,11 @@ class AgentOutput:
     embedding: torch.Tensor  # [B, T, N, H] agent embeddings e_i^t
     roles: torch.Tensor | None = None  # [B, T, N, R] role representations z_i^t (ACORM)
 
+    @property
+    def logits(self) -> torch.Tensor:
+        """The head's outputs read as policy logits: MAPPO's actor is the same network as QMIX's Q agent."""
+        return self.q
+
 
 class RecurrentQAgent(nn.Module):
     """Individual Q-network: trajectory encoder then a linear head to Q_i(e_i, .) over all actions."""

@@ -1,0 +1,195 @@
+"""ACORM's role machinery, shared by ACORM-QMIX and ACORM-MAPPO (one implementation for both hosts).
+
+Agent side (Fig. 1b / Fig. 8b): trajectory encoder -> agent embedding e, query role encoder -> role
+representation z, the agent's head on [e, z]. Contrastive role learning (Fig. 1c / 8c, Eqs. 3-5): every
+T_cl updates the :class:`~acorm_pl.callbacks.RoleClustering` callback clusters the agent embeddings of
+the batch with K-means and the module takes one step of the InfoNCE loss with its own optimizer, then
+moves the key encoder by momentum. State side (Fig. 1d / 8e, Eqs. 6-8): a GRU encodes the state history
+into tau and multi-head attention lets tau attend to the role representations; [tau_mha, tau] conditions
+the QMIX mixer (ACORM-QMIX) or the critic (ACORM-MAPPO).
+
+Ablations (Fig. 3) are switches: ``contrastive=False`` (w/o CL), ``attention=False`` (w/o MHA, state GRU
+kept), ``attention=False, state_encoder=False`` (w/o MHA (Vanilla)); all three off builds exactly the
+host algorithm's networks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from acorm_pl.algos.base import alive_agents
+from acorm_pl.data.episode_buffer import EpisodeBatch
+from acorm_pl.errors import require
+from acorm_pl.losses.contrastive import contrastive_role_loss
+from acorm_pl.nets import AgentOutput, RoleQAgent, shift_actions
+from acorm_pl.nets.attention import AttentionMixerInput
+from acorm_pl.nets.roles import ContrastiveRoleHead, RoleEncoder
+
+
+class ContrastiveRoles:
+    """Mixin placed before the host algorithm (``class ACORM(ContrastiveRoles, QMIX)``).
+
+    The host calls :meth:`build_agent` while building its networks; the subclass builds the role head and
+    the state input with :meth:`build_role_head` and :meth:`build_state_input` first. After the host's
+    update, :meth:`training_step` takes the contrastive step when the clustering callback says it is due,
+    on the agent embeddings the host reported through ``on_agent_output`` (no second GRU pass).
+
+    Args:
+        contrastive: learn role representations with the contrastive loss (off: "w/o CL").
+        attention: let the state embedding attend to the role representations (off: "w/o MHA").
+        state_encoder: encode the state history with a GRU (off with attention off: "Vanilla", the raw
+            state is used).
+        role_dim: size of the role representation z (Tables 1 and 3: 64).
+        role_hidden_dim: hidden width of the role encoder MLP (0: a single linear map).
+        n_clusters: K of the K-means that defines positive and negative keys (Tables 2 and 4: 3).
+        contrastive_lr: Adam learning rate of the contrastive optimizer (Tables 2 and 4: 8e-4).
+        key_encoder_tau: momentum update rate of the key encoder, Eq. (5) with beta = 1 - tau (Tables 2
+            and 4: 0.005).
+        state_embed_dim: size of the state embedding tau (Tables 1 and 3: 64).
+        n_heads: attention heads (Tables 1 and 3: 4).
+        attn_dim: attention embedding size over all heads (Tables 1 and 3: 128).
+        attn_out_dim: attention output size (Tables 1 and 3: 64).
+        **kwargs: everything the host algorithm takes (``embed_dim`` is the agent embedding size, 128).
+    """
+
+    hparams: Any
+    info: Any
+    agent: nn.Module
+    role_head: ContrastiveRoleHead
+
+    def __init__(
+        self,
+        contrastive: bool = True,
+        attention: bool = True,
+        state_encoder: bool = True,
+        role_dim: int = 64,
+        role_hidden_dim: int = 128,
+        n_clusters: int = 3,
+        contrastive_lr: float = 8e-4,
+        key_encoder_tau: float = 0.005,
+        state_embed_dim: int = 64,
+        n_heads: int = 4,
+        attn_dim: int = 128,
+        attn_out_dim: int = 64,
+        **kwargs: Any,
+    ):
+        require(not attention or state_encoder,
+                "model.attention needs model.state_encoder: the state embedding is the attention query")
+        require(n_clusters >= 2, f"model.n_clusters must be >= 2, got {n_clusters}")
+        require(contrastive_lr > 0, f"model.contrastive_lr must be > 0, got {contrastive_lr}")
+        require(0.0 <= key_encoder_tau <= 1.0, f"model.key_encoder_tau must be in [0, 1], got {key_encoder_tau}")
+        require(attn_dim % n_heads == 0, f"model.attn_dim ({attn_dim}) must be divisible by model.n_heads ({n_heads})")
+        # Set before the host's __init__, which builds the networks.
+        self._switches = (contrastive, attention, state_encoder)
+        super().__init__(**kwargs)  # the host saves these arguments with its own
+        self.role_clustering: Any = None  # set by the RoleClustering callback when a contrastive step is due
+        self.last_embeddings: torch.Tensor | None = None  # e of the latest training forward (detached)
+        self.last_attention: torch.Tensor | None = None
+
+    @property
+    def contrastive(self) -> bool:
+        return self._switches[0]
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if self.contrastive and isinstance(strategy, DDPStrategy):
+            # The host's loss never touches W (and the contrastive loss only f_theta and W): DDP must be told
+            # that some parameters get no gradient in a backward pass. setup() runs before the model is wrapped.
+            kwargs = getattr(strategy, "_ddp_kwargs", None)
+            require(kwargs is not None, "ACORM with contrastive learning under DDP needs "
+                    "--trainer.strategy ddp_find_unused_parameters_true")
+            if not kwargs.get("find_unused_parameters"):
+                kwargs["find_unused_parameters"] = True
+                rank_zero_info("ACORM: DDP find_unused_parameters enabled (W is trained by the contrastive loss only)")
+
+    # ---- networks ----------------------------------------------------------------------------------------
+    def build_role_head(self) -> None:
+        """The query/key role encoders and W (Fig. 1c), when contrastive learning is on."""
+        hp = self.hparams
+        if self.contrastive:
+            self.role_head = ContrastiveRoleHead(hp.embed_dim, hp.role_dim, hp.role_hidden_dim)
+
+    def build_state_input(self) -> AttentionMixerInput | None:
+        """State GRU (+ role attention) producing [tau_mha, tau] (Fig. 1d), or None for the Vanilla ablation."""
+        _, attention, state_encoder = self._switches
+        hp = self.hparams
+        if not state_encoder:
+            return None
+        return AttentionMixerInput(self.info.state_dim, hp.role_dim, hp.state_embed_dim, hp.n_heads, hp.attn_dim,
+                                   hp.attn_out_dim, attention=attention)
+
+    def build_agent(self) -> nn.Module:
+        """Fig. 1(b) / 8(b) when role representations are used (by the contrastive loss or the attention);
+        else the host's own agent network."""
+        contrastive, attention, _ = self._switches
+        hp = self.hparams
+        if contrastive:
+            role_encoder: nn.Module = self.role_head.query_encoder
+        elif attention:
+            role_encoder = RoleEncoder(hp.embed_dim, hp.role_dim, hp.role_hidden_dim)
+        else:
+            return super().build_agent()
+        return RoleQAgent(self.input_dim, self.info.n_actions, hp.embed_dim, role_encoder, hp.role_dim)
+
+    def role_conditioning(self, net: AttentionMixerInput | None, batch: EpisodeBatch, roles: torch.Tensor | None,
+                          agent_mask: torch.Tensor | None = None, record: bool = True) -> torch.Tensor:
+        """[tau_mha, tau] (with attention), tau alone (w/o MHA) or the raw state (Vanilla, ``net`` None) for
+        every step [B, T+1, .]; ``agent_mask`` [B, T+1, N] leaves agents out of the attention. With ``record``
+        the attention weights are kept in ``last_attention``."""
+        if net is None:
+            return batch.state
+        cond, weights = net(batch.state, roles, agent_mask)
+        if record:
+            self.last_attention = None if weights is None else weights.detach()
+        return cond
+
+    def on_agent_output(self, out: AgentOutput) -> None:
+        # Kept so a contrastive step on the same batch reuses e instead of running the GRU again.
+        self.last_embeddings = out.embedding.detach()
+
+    # ---- contrastive role learning (Eqs. 3-5) ----------------------------------------------------------
+    @torch.no_grad()
+    def agent_embeddings(self, batch: EpisodeBatch) -> torch.Tensor:
+        """Online agent embeddings e_i^t of every step of ``batch`` ([B, T, N, embed_dim])."""
+        x = self.inputs(batch.obs, shift_actions(batch.actions))[:, :-1]
+        return self.agent.encoder(x)[0].float()
+
+    def contrastive_update(self, batch: EpisodeBatch, embeddings: torch.Tensor, labels: torch.Tensor, opt: Any
+                           ) -> dict[str, torch.Tensor]:
+        """One step of the InfoNCE loss (Eq. 4) on the valid steps of ``batch``, given the agent
+        ``embeddings`` [B, T, N, H] (treated as constants: this loss trains f_theta and W only) and their
+        cluster ``labels`` [B, T, N]; then the momentum update of the key encoder (Eq. 5)."""
+        valid = batch.filled.bool()
+        e = embeddings.detach().float()[valid]  # [M, N, H]
+        alive = alive_agents(batch.avail_actions[:, :-1])[valid]
+        head = self.role_head
+        scores = head.scores(head.query(e), head.key(e))  # S(q, k) = q^T W k (Eq. 4)
+        loss, stats = contrastive_role_loss(scores, labels.to(e.device)[valid], alive)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        head.momentum_update(self.hparams.key_encoder_tau)  # Eq. (5)
+        return {"contrastive_loss": loss.detach(), **stats}
+
+    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
+        """The host's update, then the contrastive step when the clustering callback has marked it due."""
+        loss = super().training_step(batch, batch_idx)
+        clustering, self.role_clustering = self.role_clustering, None
+        if self.contrastive and clustering is not None:
+            embeddings = self.last_embeddings[:, :-1]  # from this update's forward, before its optimizer step
+            labels = clustering.cluster_embeddings(embeddings, batch, self.hparams.n_clusters, int(self.n_updates))
+            stats = self.contrastive_update(batch, embeddings, labels, self.optimizers()[-1])
+            # Logged on every contrastive step (rare), whatever log_every_n_steps says.
+            for logger in self.loggers:
+                logger.log_metrics({f"roles/{k}": float(v) for k, v in stats.items()}, step=self.env_steps)
+        return loss
+
+    def contrastive_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the query role encoder and W (the last optimizer of the module)."""
+        return torch.optim.Adam(self.role_head.contrastive_parameters(), lr=self.hparams.contrastive_lr)

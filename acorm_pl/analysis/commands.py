@@ -1,0 +1,135 @@
+"""``acorm-pl evaluate`` and ``acorm-pl curves``: the analysis commands next to LightningCLI's ``fit``.
+
+    acorm-pl evaluate <run artifacts>/checkpoints/last.ckpt --episodes 64 --figures figures/
+    acorm-pl curves bench_runs/ --experiment learning-ablation --out curves/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import NoReturn
+
+from rich.console import Console
+
+from acorm_pl.analysis.curves import learning_curves, load_runs, summary_rows, write_curves
+from acorm_pl.analysis.evaluate import evaluate_checkpoint, log_analysis_run, log_evaluation
+from acorm_pl.analysis.figures import write_episode_figures
+from acorm_pl.analysis.inspect import save_records
+from acorm_pl.analysis.progress import interval, rich_table
+from acorm_pl.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises :class:`ConfigError` (printed as one line by ``acorm-pl``) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def _add_mlflow_args(parser: argparse.ArgumentParser, experiment: str) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store to log to (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db here)")
+    parser.add_argument("--log-experiment", default=experiment,
+                        help=f"MLflow experiment of the new run (default: {experiment})")
+    parser.add_argument("--run-name", default=None, help="name of the new MLflow run")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def _evaluate_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="acorm-pl evaluate", description="Greedy episodes of a checkpoint on its own environment: "
+                "test win rate with a confidence interval and mean return, logged to MLflow as a new run.")
+    p.add_argument("checkpoint", help="a checkpoint of acorm-pl fit (e.g. <run artifacts>/checkpoints/last.ckpt)")
+    p.add_argument("--episodes", type=int, default=32, help="greedy episodes (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="environment copy i is seeded seed + i (default 0)")
+    p.add_argument("--n-envs", type=int, default=None, help="copies stepped at once (default min(episodes, 16))")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--record", type=Path, default=None,
+                   help="write the per-timestep data of every episode (embeddings, roles, clusters, attention, "
+                        "health, alive flags, actions) to this file (torch format; acorm_pl.analysis.load_records)")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="write the role map and attention heatmaps of the first episode to this directory")
+    p.add_argument("--timesteps", type=int, nargs="+", default=None,
+                   help="episode steps of the role map (default: first, middle, last)")
+    _add_mlflow_args(p, "evaluation")
+    return p
+
+
+def _curves_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="acorm-pl curves", description="Learning curves over seeds with bootstrap confidence bands "
+                "and a summary table (final value, area under the curve) from MLflow runs.")
+    p.add_argument("stores", nargs="+", help="MLflow stores: tracking URIs, sqlite files, directories holding "
+                   "mlruns.db or */mlruns.db")
+    p.add_argument("--experiment", default=None,
+                   help="experiment to read (default: all experiments of each store)")
+    p.add_argument("--metric", default="test/win_rate", help="metric to plot (default test/win_rate)")
+    p.add_argument("--group-by", default="name",
+                   help="one line per: name (run name without its -s<seed> suffix), tag:<key> or param:<key>")
+    p.add_argument("--groups", nargs="+", default=None, help="groups to plot, in this order (default: all, sorted)")
+    p.add_argument("--status", default="FINISHED", help="run status to keep, or 'any' (default FINISHED)")
+    p.add_argument("--filter", default="", help="MLflow search filter, e.g. \"params.map_name = '5m_vs_6m'\"")
+    p.add_argument("--interval", type=int, default=None,
+                   help="env-step grid the evaluations are aligned to (default: the runs' evaluation.eval_interval)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the band (default 0.95)")
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--title", default=None, help="figure title")
+    p.add_argument("--out", type=Path, default=Path("curves"), help="output directory (default ./curves)")
+    _add_mlflow_args(p, "analysis")
+    return p
+
+
+def evaluate_command(argv: list[str], console: Console) -> None:
+    """``acorm-pl evaluate``: see :func:`_evaluate_parser`."""
+    args = _evaluate_parser().parse_args(argv)
+    record = args.record is not None or args.figures is not None
+    result, records = evaluate_checkpoint(args.checkpoint, args.episodes, args.seed, args.n_envs, record,
+                                          args.confidence, progress=True)
+    console.print(result.table())
+    files: dict[str, list[Path]] = {}
+    if args.record is not None:
+        files["records"] = [save_records(records, args.record)]
+        console.print(f"per-timestep data of {len(records)} episodes: {args.record}")
+    if args.figures is not None:
+        title = f"{result.algorithm} on {result.map_name}, {result.env_steps:,} env steps, episode 0"
+        files["figures"] = write_episode_figures(records[0], args.figures, args.timesteps, title, progress=True)
+        console.print(f"figures: {', '.join(str(p) for p in files['figures'])}")
+    if args.no_mlflow:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "evaluation.json"
+        summary.write_text(json.dumps(result.as_dict(), indent=1))
+        run_id = log_evaluation(result, files, args.tracking_uri, args.log_experiment, args.run_name, summary)
+    console.print(f"MLflow: run {run_id} in experiment {args.log_experiment!r}")
+
+
+def curves_command(argv: list[str], console: Console) -> None:
+    """``acorm-pl curves``: see :func:`_curves_parser`."""
+    args = _curves_parser().parse_args(argv)
+    status = None if args.status.lower() == "any" else args.status.upper()
+    runs = load_runs(args.stores, args.experiment, args.metric, args.group_by, status, args.filter, progress=True)
+    curves = learning_curves(runs, args.interval, args.confidence, args.resamples, groups=args.groups, progress=True)
+    rows = summary_rows(curves, args.confidence, args.resamples)
+    paths = write_curves(curves, rows, args.out, args.metric, args.confidence, args.title)
+    pct = round(args.confidence * 100)
+    console.print(rich_table(
+        f"{args.metric}: mean over seeds [{pct}% bootstrap CI]",
+        ["group", "seeds", "last step", "final", "area under curve"],
+        [[r["group"], r["n_seeds"], f"{r['last_step']:,}", interval(r["final"], r["final_low"], r["final_high"]),
+          interval(r["auc"], r["auc_low"], r["auc_high"])] for r in rows]))
+    console.print(f"written: {', '.join(str(p) for p in paths)}")
+    if args.no_mlflow:
+        return
+    params = {"metric": args.metric, "group_by": args.group_by, "stores": ", ".join(map(str, args.stores))[:500],
+              "experiment": args.experiment or "all", "n_runs": len(runs), "confidence": args.confidence}
+    name = args.run_name or f"curves-{args.metric.replace('/', '_')}"
+    run_id = log_analysis_run(args.log_experiment, name, {"curves": paths}, params=params,
+                              tracking_uri=args.tracking_uri)
+    console.print(f"MLflow: run {run_id} in experiment {args.log_experiment!r}")
+
+
+def run_command(argv: list[str]) -> None:
+    """Run the analysis command ``argv[0]`` (``evaluate`` or ``curves``) with the arguments that follow."""
+    console = Console()
+    {"evaluate": evaluate_command, "curves": curves_command}[argv[0]](argv[1:], console)
