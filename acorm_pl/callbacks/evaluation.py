@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
 
+from acorm_pl.callbacks.schedule import next_due
 from acorm_pl.data.rollout import collect_rollout
 from acorm_pl.envs.base import VecEnv
 from acorm_pl.errors import require
@@ -95,7 +96,7 @@ class Evaluation(pl.Callback):
         step = trainer.datamodule.env_steps
         if step >= self.next_eval:
             self.evaluate(trainer, pl_module)
-            self.next_eval = (step // self.eval_interval + 1) * self.eval_interval
+            self.next_eval = next_due(step, self.eval_interval)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.datamodule.env_steps == 0 and not self.eval_at_start:

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from acorm_pl.callbacks.schedule import next_due
 from acorm_pl.errors import require
 from acorm_pl.tracking import MLflowTracker
 
@@ -75,7 +76,7 @@ class RoleFigures(pl.Callback):
         step = trainer.datamodule.env_steps
         if step >= self.next_step:
             self.draw(trainer, pl_module)
-            self.next_step = (step // self.interval + 1) * self.interval
+            self.next_step = next_due(step, self.interval)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_start and trainer.datamodule.env_steps == 0:
