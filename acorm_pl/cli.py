@@ -57,6 +57,14 @@ class ACORMCLI(LightningCLI):
         parser.add_lightning_class_args(RoleClustering, "roles")
         parser.link_arguments("data", "model.init_args.env_info", compute_fn=_env_info_of, apply_on="instantiate")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed_of, apply_on="parse")
+        parser.add_argument(
+            "--torch_num_threads", type=int | None, default=None,
+            help="Threads of torch's CPU ops in this process (null: torch's default). Small recurrent "
+                 "networks on a CPU train fastest with 1: see the README's benchmarks.")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        set_torch_threads(config.get("torch_num_threads"))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # The default rich bar is one of trainer_defaults' callbacks; Lightning refuses any progress bar
@@ -74,6 +82,19 @@ class ACORMCLI(LightningCLI):
             run_id = run_id_in_checkpoint(ckpt_path)
             if run_id is not None:
                 tracker._run_id = run_id  # resume logging into the run that wrote the checkpoint
+
+
+def set_torch_threads(n: int | None) -> None:
+    """Fix torch's intra-op threads to ``n`` (``None`` leaves them). OMP_NUM_THREADS is set to match so
+    Lightning's launchers keep ``n`` and DDP ranks started as new processes inherit it."""
+    if n is None:
+        return
+    if isinstance(n, bool) or n < 1:
+        raise ConfigError(f"torch_num_threads must be a positive integer or null, got {n!r}")
+    import torch
+
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def trainer_defaults() -> dict[str, Any]:

@@ -123,6 +123,7 @@ def test_failed_run_is_marked_failed_and_keeps_checkpoints(workdir):
         (["--data.n_envs", "two"], "data.n_envs"),
         (["--model.init_args.target_update", "sometimes"], "model.target_update must be 'soft' or 'hard'"),
         (["--epsilon.anneal_steps", "0"], "epsilon.anneal_steps must be a positive integer, got 0"),
+        (["--torch_num_threads", "0"], "torch_num_threads must be a positive integer or null, got 0"),
     ],
 )
 def test_bad_config_values_fail_with_one_line(workdir, capsys, args, expected):
@@ -132,6 +133,14 @@ def test_bad_config_values_fail_with_one_line(workdir, capsys, args, expected):
     err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("acorm-pl: error:")]
     assert len(err_lines) == 1 and expected in err_lines[0], err_lines
     assert not _runs(workdir)  # nothing was started
+
+
+def test_torch_num_threads_sets_the_thread_count_for_the_run(workdir):
+    torch.set_num_threads(2)
+    main(["fit", *TINY, "--torch_num_threads", "1", "--data.total_env_steps", "200"])
+    assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"  # Lightning's launchers keep it
+    (run,) = _runs(workdir)
+    assert run.info.status == "FINISHED"
 
 
 def _ddp_fit(workdir: Path, *extra: str, base: list[str] | None = None) -> subprocess.CompletedProcess:

@@ -199,6 +199,22 @@ def test_smax_reward_mode(rollout3m: Rollout) -> None:
     assert torch.allclose(smax.returns()[won], torch.full((int(won.sum()),), 2.0), atol=1e-4)
 
 
+def test_smac_negative_reward_subtracts_half_the_allies_losses(rollout3m: Rollout) -> None:
+    with make_vec_env("smax", "3m", seeds=SEEDS, reward="smac_negative") as env:
+        neg = play(env)
+    assert torch.equal(neg.won, rollout3m.won) and torch.equal(neg.state, rollout3m.state)
+    # Allies' health fractions (state: per unit [health frac, ...]; a dead unit is all zeros), full at reset.
+    health = rollout3m.state[..., : 3 * UNIT_FEATURES : UNIT_FEATURES]  # [T, n_envs, 3]
+    before = torch.cat([torch.ones_like(health[:1]), health[:-1]])
+    lost_hp = (before - health).clamp(min=0).sum(-1) * 45.0  # marines have 45 hp
+    deaths = ((before > 0) & (health == 0)).sum(-1).float()
+    max_reward = 10 * 3 + 200 + 3 * 45.0  # SMAC: death value * enemies + win bonus + enemy health
+    expected = rollout3m.reward - 0.5 * (lost_hp + 10 * deaths) / max_reward * 20
+    live = rollout3m.live
+    assert torch.allclose(neg.reward[live], expected[live], atol=1e-4)
+    assert (neg.reward[live] < 0).any() and (deaths[live] > 0).any()
+
+
 def test_termination_flags(rollout3m: Rollout) -> None:
     live = rollout3m.live
     term, trunc, won = rollout3m.terminated & live, rollout3m.truncated & live, rollout3m.won & live
@@ -254,7 +270,7 @@ def test_close_releases() -> None:
     ("kwargs", "fragments"),
     [
         ({"map_name": "MMM2"}, ["'MMM2'", "3m", "smacv2_5_units"]),
-        ({"map_name": "3m", "reward": "dense"}, ["'dense'", "smac", "smax"]),
+        ({"map_name": "3m", "reward": "dense"}, ["'dense'", "smac", "smac_negative", "smax"]),
         ({"map_name": "3m", "episode_limit": 0}, ["episode_limit", "0"]),
         ({"map_name": "3m", "episode_limit": -3}, ["-3"]),
         ({"map_name": "3m", "enemy_attack_mode": "weakest"}, ["'weakest'", "closest"]),

@@ -196,6 +196,7 @@ def test_on_policy_datamodule_hands_each_fresh_batch_over_once(monkeypatch):
     (["--model.init_args.clip", "1.5"], "model.clip must be in (0, 1), got 1.5"),
     (["--data.updates_per_collect", "4"], "data.updates_per_collect must be 1 for an on-policy algorithm"),
     (["--model.init_args.n_minibatches", "0"], "model.n_minibatches must be a positive integer, got 0"),
+    (["--model.init_args.n_minibatches", "9"], "model.n_minibatches (9) must not exceed data.batch_size (8)"),
 ])
 def test_bad_mappo_values_fail_with_one_line(workdir, capsys, args, expected):
     with pytest.raises(SystemExit) as exit_info:

@@ -128,6 +128,31 @@ def test_advantage_normalisation_over_valid_entries_only():
     assert torch.allclose(valid, expected, atol=1e-4)
 
 
+class _OtherRank:
+    """``reduce`` of rank 0 in a simulated 2-rank run: adds what rank 1, holding ``adv``/``mask``, contributes
+    to each of normalize_advantages' two sums (valid sum and count, then squared deviations)."""
+
+    def __init__(self, adv: torch.Tensor, mask: torch.Tensor) -> None:
+        self.adv, self.mask, self.mean = adv, mask, None
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            mine = torch.stack([(self.adv * self.mask).sum(), self.mask.sum()])
+            self.mean = (t[0] + mine[0]) / (t[1] + mine[1])
+            return t + mine
+        return t + ((self.adv - self.mean) ** 2 * self.mask).sum()
+
+
+def test_advantage_normalisation_across_ranks_equals_the_whole_batch():
+    adv = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 9.0], [-2.0, 0.5, 7.0], [3.0, 3.0, 3.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    whole = normalize_advantages(adv, mask)
+    rank0 = normalize_advantages(adv[:2], mask[:2], reduce=_OtherRank(adv[2:], mask[2:]))
+    rank1 = normalize_advantages(adv[2:], mask[2:], reduce=_OtherRank(adv[:2], mask[:2]))
+    assert torch.allclose(torch.cat([rank0, rank1]), whole, atol=1e-6)
+    assert not torch.allclose(rank0, normalize_advantages(adv[:2], mask[:2]))  # per-rank statistics differ
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_unavailable_actions_get_exactly_zero_probability(dtype):
     head = torch.nn.Linear(4, 4)

@@ -51,6 +51,10 @@ class MARLModule(pl.LightningModule, abc.ABC):
         hp, info = self.hparams, self.info
         return info.obs_dim + (info.n_actions if hp.add_last_action else 0) + (info.n_agents if hp.add_agent_id else 0)
 
+    def check_data(self, data: Any) -> None:
+        """Raise :class:`~acorm_pl.errors.ConfigError` for DataModule settings this algorithm cannot train
+        with; the DataModule calls it before a run starts."""
+
     # ---- acting ----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         # One exploration stream per rank, derived from the (seeded) global RNG.

@@ -66,7 +66,7 @@ class MAPPO(MARLModule):
         value_coef: weight of the value loss.
         ppo_epochs: passes over each batch (Table 4: K epochs 5).
         n_minibatches: minibatches per pass (Table 4: batch 32, minibatch 32, so 1).
-        advantage_norm: normalise advantages over the valid steps of each batch (Table 4: True).
+        advantage_norm: normalise advantages over the valid steps of each batch, across ranks (Table 4: True).
         value_norm: learn normalised value targets with running statistics (Yu et al.'s ValueNorm).
         actor_lr: Adam learning rate of the actor (Table 4: 6e-4).
         critic_lr: Adam learning rate of the critic (Table 4: 8e-4).
@@ -194,7 +194,7 @@ class MAPPO(MARLModule):
             norm.update(returns, mask, self._sum_over_ranks)
             returns = norm.normalize(returns)
         if hp.advantage_norm:
-            advantages = normalize_advantages(advantages, mask)
+            advantages = normalize_advantages(advantages, mask, reduce=self._sum_over_ranks)
         return old, advantages, returns, stats
 
     def minibatches(self, n_episodes: int) -> list[torch.Tensor]:
@@ -253,10 +253,8 @@ class MAPPO(MARLModule):
         return [torch.optim.Adam(self.actor_parameters(), lr=hp.actor_lr, eps=hp.adam_eps),
                 torch.optim.Adam(self.critic_parameters(), lr=hp.critic_lr, eps=hp.adam_eps)]
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None:  # every rank must take the same number of steps per update (DDP)
-            require(self.hparams.n_minibatches <= dm.batch_size,
-                    f"model.n_minibatches ({self.hparams.n_minibatches}) must not exceed data.batch_size "
-                    f"({dm.batch_size}), the episodes per update")
+    def check_data(self, data: Any) -> None:
+        # Every rank must take the same number of steps per update (DDP).
+        require(self.hparams.n_minibatches <= data.batch_size,
+                f"model.n_minibatches ({self.hparams.n_minibatches}) must not exceed data.batch_size "
+                f"({data.batch_size}), the episodes per update")

@@ -117,6 +117,9 @@ class RolloutDataModule(pl.LightningDataModule):
         require(not self.on_policy or self.updates_per_collect == 1,
                 f"data.updates_per_collect must be 1 for an on-policy algorithm ({type(module).__name__} does its "
                 f"own epochs over each batch), got {self.updates_per_collect}")
+        check_data = getattr(module, "check_data", None)  # MARLModule's hook; any LightningModule may train
+        if check_data is not None:
+            check_data(self)
 
     def setup(self, stage: str) -> None:
         self.use_algorithm(self.trainer.lightning_module if self.trainer is not None else None)

@@ -22,6 +22,8 @@ Rewards (one shared team reward per copy):
   value 10, win bonus 200, scaled to 20): per step
   ``(enemy health lost + 10 * enemies killed + 200 * [won this step]) / max_reward * 20`` with
   ``max_reward = 10 * n_enemies + 200 + sum of enemy max health``; a flawless win sums to exactly 20.
+* ``"smac_negative"``: SMAC's reward with ``reward_only_positive=False``: the same, minus half
+  (``reward_negative_scale=0.5``) of the allies' health lost and of 10 per ally killed.
 * ``"smax"``: jaxmarl's own ally reward, enemy health lost as a fraction of max health averaged over
   enemies, plus 1 on a win; a flawless win sums to 2.
 
@@ -63,7 +65,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
 
-REWARD_MODES = ("smac", "smax")
+REWARD_MODES = ("smac", "smac_negative", "smax")
 ENEMY_ATTACK_MODES = ("closest", "random")
 N_MOVE_ACTIONS = 5  # north, east, south, west, stop
 STOP_ACTION = 4
@@ -90,6 +92,7 @@ DEFAULT_EPISODE_LIMITS: dict[str, int] = {
 _DEATH_VALUE = 10.0
 _WIN_VALUE = 200.0
 _SCALE_RATE = 20.0
+_NEGATIVE_SCALE = 0.5  # reward_negative_scale, used when reward_only_positive=False
 
 
 @contextlib.contextmanager
@@ -209,14 +212,17 @@ class _Compiled:
             terminated = ~any_ally | ~any_enemy
             truncated = (after.step >= episode_limit) & ~terminated
             won = any_ally & ~any_enemy
-            if reward == "smac":
-                damage = jnp.sum(jnp.maximum(before.unit_health[n_allies:] - after.unit_health[n_allies:], 0.0))
-                kills = jnp.sum(enemies_alive_before & ~enemies_alive)
+            if reward in ("smac", "smac_negative"):
+                lost = jnp.maximum(before.unit_health - after.unit_health, 0.0)  # health lost per unit
+                died = before.unit_alive & ~after.unit_alive
+                gain = jnp.sum(lost[n_allies:]) + _DEATH_VALUE * jnp.sum(died[n_allies:])
+                if reward == "smac_negative":  # SMAC's reward_only_positive=False
+                    gain -= _NEGATIVE_SCALE * (jnp.sum(lost[:n_allies]) + _DEATH_VALUE * jnp.sum(died[:n_allies]))
                 # Only the step on which the last enemy falls earns the bonus (SMAC's win_counted).
                 won_now = won & jnp.any(enemies_alive_before)
                 max_health = jnp.sum(env.unit_type_health[before.unit_types[n_allies:]])
                 max_reward = _DEATH_VALUE * n_enemies + _WIN_VALUE + max_health
-                r = (damage + _DEATH_VALUE * kills + _WIN_VALUE * won_now) / max_reward * _SCALE_RATE
+                r = (gain + _WIN_VALUE * won_now) / max_reward * _SCALE_RATE
             else:
                 r = rewards[agents[0]]
             return (key, st, *observe(obs, st), r.astype(jnp.float32), terminated, truncated, won)

@@ -6,6 +6,8 @@ with a trailing agent dimension N. Masks are 1 on steps (and agents) that count 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from acorm_pl.losses.td import td_lambda_targets
@@ -52,12 +54,25 @@ def gae(
     return advantages, returns
 
 
-def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """(A - mean) / (std + eps) with mean and std over the valid entries only; padding stays 0."""
+def normalize_advantages(
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps: float = 1e-5,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(A - mean) / (std + eps) with mean and std over the valid entries only; padding stays 0.
+
+    ``reduce`` sums a tensor over processes (DDP ranks), so the statistics are those of the whole batch
+    across ranks, the same on every rank.
+    """
+    reduce = reduce or (lambda t: t)
     mask = mask.float().expand_as(advantages)
-    mean = masked_mean(advantages, mask)
-    var = masked_mean((advantages.float() - mean) ** 2, mask)  # population variance over valid entries
-    return (advantages.float() - mean) / (var.sqrt() + eps) * mask
+    a = advantages.float()
+    total, count = reduce(torch.stack([(a * mask).sum(), mask.sum()])).unbind()
+    count = count.clamp(min=1.0)
+    mean = total / count
+    var = reduce(((a - mean) ** 2 * mask).sum()) / count  # population variance over valid entries
+    return (a - mean) / (var.sqrt() + eps) * mask
 
 
 def masked_log_softmax(logits: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
