@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Lightning's own use of a deprecated torch pytree API; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
+import torch  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from acorm_pl.callbacks import (  # noqa: E402
@@ -91,8 +92,6 @@ def set_torch_threads(n: int | None) -> None:
         return
     if isinstance(n, bool) or n < 1:
         raise ConfigError(f"torch_num_threads must be a positive integer or null, got {n!r}")
-    import torch
-
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)
 

@@ -21,6 +21,7 @@ from acorm_pl.analysis.curves import (
     tracking_uris,
 )
 from acorm_pl.cli import main
+from cli_errors import assert_one_line_error
 
 EXPERIMENT = "learning-ablation"
 
@@ -135,8 +136,5 @@ def test_curves_command_writes_files_and_logs_them_to_mlflow(stores, tmp_path, c
     (["{stores}", "--resamples", "x"], "argument --resamples: invalid int value"),
 ])
 def test_bad_curves_input_fails_with_one_line(stores, tmp_path, capsys, args, expected):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["curves", *[a.format(stores=stores) for a in args], "--out", str(tmp_path), "--no-mlflow"])
-    assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("acorm-pl: error:")]
-    assert len(err) == 1 and expected in err[0], err
+    argv = ["curves", *[a.format(stores=stores) for a in args], "--out", str(tmp_path), "--no-mlflow"]
+    assert_one_line_error(argv, capsys, expected)

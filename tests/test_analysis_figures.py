@@ -28,6 +28,7 @@ from acorm_pl.cli import main
 from acorm_pl.envs import get_env_info, make_vec_env
 from acorm_pl.errors import ConfigError
 from tiny_runs import RUN_NAME, tiny_acorm_checkpoint, tiny_acorm_store
+from cli_errors import assert_one_line_error
 
 pytestmark = pytest.mark.slow  # trains a tiny ACORM run once (about 20 s with SMAX compilation)
 
@@ -131,11 +132,8 @@ def test_evaluate_command(ckpt, tmp_path, capsys):
     ([], "the following arguments are required: checkpoint"),
 ])
 def test_bad_evaluate_input_fails_with_one_line(ckpt, tmp_path, capsys, args, expected):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", *[a.format(ckpt=ckpt, tmp=tmp_path) for a in args], "--n-envs", "4", "--no-mlflow"])
-    assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("acorm-pl: error:")]
-    assert len(err) == 1 and expected in err[0], err
+    argv = ["evaluate", *[a.format(ckpt=ckpt, tmp=tmp_path) for a in args], "--n-envs", "4", "--no-mlflow"]
+    assert_one_line_error(argv, capsys, expected)
 
 
 def test_qmix_role_map_has_no_stars_and_no_attention():

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from cli_errors import assert_one_line_error
 from mlflow.tracking import MlflowClient
 
 from acorm_pl.cli import main
@@ -127,11 +128,7 @@ def test_failed_run_is_marked_failed_and_keeps_checkpoints(workdir):
     ],
 )
 def test_bad_config_values_fail_with_one_line(workdir, capsys, args, expected):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *TINY, *args])
-    assert exit_info.value.code == 2
-    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("acorm-pl: error:")]
-    assert len(err_lines) == 1 and expected in err_lines[0], err_lines
+    assert_one_line_error(["fit", *TINY, *args], capsys, expected)
     assert not _runs(workdir)  # nothing was started
 
 

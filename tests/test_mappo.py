@@ -23,6 +23,7 @@ from acorm_pl.data import EpisodeBatch, RolloutDataModule, collect_rollout
 from acorm_pl.errors import ConfigError
 from acorm_pl.losses import masked_log_softmax
 from acorm_pl.nets import AgentOutput, AttentionMixerInput, ContrastiveRoleHead, RoleQAgent, ValueNormalizer
+from cli_errors import assert_one_line_error
 
 ENV = dict(lengths=[3, 6, 5], won=[True, False, False], limit=6, n_agents=3, n_actions=4, n_avail=3)
 SMALL = {"embed_dim": 16, "critic_hidden_dim": 8}
@@ -199,11 +200,7 @@ def test_on_policy_datamodule_hands_each_fresh_batch_over_once(monkeypatch):
     (["--model.init_args.n_minibatches", "9"], "model.n_minibatches (9) must not exceed data.batch_size (8)"),
 ])
 def test_bad_mappo_values_fail_with_one_line(workdir, capsys, args, expected):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *TINY_MAPPO, *args])
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("acorm-pl: error:")]
-    assert len(lines) == 1 and expected in lines[0], lines
+    assert_one_line_error(["fit", *TINY_MAPPO, *args], capsys, expected)
     assert not _runs(workdir, "smax-3m")  # nothing was started
 
 
