@@ -17,4 +17,4 @@ if "OMP_WAIT_POLICY" not in os.environ:
         )
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -40,8 +40,23 @@ class MLflowTracker(MLFlowLogger):
         if artifact_location is None and uri.startswith("sqlite:///"):
             store = Path(uri[len("sqlite:///"):])
             artifact_location = (store.parent / "mlartifacts").resolve().as_uri()
+        tags = {k: str(v) for k, v in tags.items()} if tags else tags  # MLflow tags are strings; YAML reads "0" as 0
         super().__init__(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags,
                          artifact_location=artifact_location, run_id=run_id)
+
+    @property
+    def experiment(self) -> Any:
+        """The MLflow client (Lightning's); ``$MLFLOW_TRACKING_URI`` is left as it was."""
+        # mlflow.set_tracking_uri, which Lightning calls here, also exports MLFLOW_TRACKING_URI: a second run
+        # in the same process would then log into this run's store instead of its own default.
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            return super().experiment
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before
 
     @rank_zero_only
     def log_hyperparams(self, params: Any) -> None:

@@ -38,6 +38,9 @@ class ScriptedVecEnv(VecEnv):
         avail[..., : self.n_avail] = True
         return obs, state, avail
 
+    def reseed(self, seeds) -> None:
+        """Scripted episodes do not depend on a seed."""
+
     def reset(self) -> ResetResult:
         self.t.zero_()
         self.actions_seen.clear()

@@ -52,7 +52,7 @@ class ToyEnv(SingleEnv):
         fail: dict[int, int] | None = None,
         sleeper: bool = False,
     ):
-        self.seed = seed
+        self.episode_seed = seed
         self.length = episode_length(seed)
         self.faults = {
             name: (table or {}).get(seed) for name, table in [("hang", hang), ("crash", crash), ("fail", fail)]
@@ -66,6 +66,10 @@ class ToyEnv(SingleEnv):
     def info(self) -> EnvInfo:
         return INFO
 
+    def seed(self, seed: int) -> None:
+        """Later episodes play as for a copy built with ``seed`` (length, observations, win)."""
+        self.episode_seed, self.length = seed, episode_length(seed)
+
     def _avail(self) -> np.ndarray:
         avail = np.zeros((N_AGENTS, N_ACTIONS), dtype=bool)
         avail[:, :N_AVAIL] = True
@@ -73,18 +77,18 @@ class ToyEnv(SingleEnv):
 
     def reset(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         self.t, self.action_sum, self.done = 0, 0, False
-        return expected_obs(self.seed, 0), expected_state(self.seed, 0, 0), self._avail()
+        return expected_obs(self.episode_seed, 0), expected_state(self.episode_seed, 0, 0), self._avail()
 
     def step(self, actions: np.ndarray) -> SingleStep:
         if self.done:
-            raise RuntimeError(f"seed {self.seed}: stepped after the episode ended")
+            raise RuntimeError(f"seed {self.episode_seed}: stepped after the episode ended")
         t = self.t + 1
         if self.faults["hang"] == t:
             time.sleep(3600)
         if self.faults["crash"] == t:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.faults["fail"] == t:
-            raise ValueError(f"toy failure of seed {self.seed} at step {t}")
+            raise ValueError(f"toy failure of seed {self.episode_seed} at step {t}")
         self.t = t
         self.action_sum += int(np.asarray(actions).sum())
         end = t == self.length
@@ -92,13 +96,13 @@ class ToyEnv(SingleEnv):
         terminated = end and not truncated
         self.done = end
         return SingleStep(
-            expected_obs(self.seed, t),
-            expected_state(self.seed, t, self.action_sum),
+            expected_obs(self.episode_seed, t),
+            expected_state(self.episode_seed, t, self.action_sum),
             self._avail(),
             1.0,
             terminated,
             truncated,
-            terminated and self.seed % 2 == 0,
+            terminated and self.episode_seed % 2 == 0,
         )
 
 

@@ -29,12 +29,17 @@ class ACORM(ContrastiveRoles, QMIX):
 
     Args:
         embed_dim: agent embedding size e (Table 1: 128).
+        add_agent_id: feed one-hot agent IDs to the agent network. Off by default, unlike QMIX: the agent
+            input is [o_t, a_{t-1}] and role representations tell agents apart (Sec. 2.1; the authors'
+            code does the same). On, it is the "ACORM + IDs" variant.
         **kwargs: the role switches and sizes of :class:`~acorm_pl.algos.roles.ContrastiveRoles` and
             everything :class:`~acorm_pl.algos.QMIX` takes.
     """
 
-    def __init__(self, env_info: dict[str, int] | None = None, embed_dim: int = 128, **kwargs: Any):
-        super().__init__(env_info=env_info, embed_dim=embed_dim, **kwargs)  # saves ACORM's args too
+    def __init__(self, env_info: dict[str, int] | None = None, embed_dim: int = 128, add_agent_id: bool = False,
+                 **kwargs: Any):
+        super().__init__(env_info=env_info, embed_dim=embed_dim, add_agent_id=add_agent_id,
+                         **kwargs)  # saves ACORM's args too
 
     # ---- networks ----------------------------------------------------------------------------------------
     def build_networks(self) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from acorm_pl.algos.base import alive_agents
 from acorm_pl.algos.mappo import MAPPO
 from acorm_pl.algos.roles import ContrastiveRoles
 from acorm_pl.data.episode_buffer import EpisodeBatch
@@ -30,12 +29,15 @@ class ACORMMAPPO(ContrastiveRoles, MAPPO):
 
     Args:
         embed_dim: agent embedding size e (Table 3: 128).
+        add_agent_id: feed one-hot agent IDs to the actor and the critic (Table 3: False; roles tell agents
+            apart, Sec. 2.1).
         **kwargs: the role switches and sizes of :class:`~acorm_pl.algos.roles.ContrastiveRoles` and
             everything :class:`~acorm_pl.algos.MAPPO` takes.
     """
 
-    def __init__(self, env_info: dict[str, int] | None = None, embed_dim: int = 128, **kwargs: Any):
-        super().__init__(env_info=env_info, embed_dim=embed_dim, **kwargs)
+    def __init__(self, env_info: dict[str, int] | None = None, embed_dim: int = 128, add_agent_id: bool = False,
+                 **kwargs: Any):
+        super().__init__(env_info=env_info, embed_dim=embed_dim, add_agent_id=add_agent_id, **kwargs)
 
     def build_networks(self) -> None:
         self.build_role_head()
@@ -49,7 +51,7 @@ class ACORMMAPPO(ContrastiveRoles, MAPPO):
         """The augmented state s~ = [tau_mha, tau] (Fig. 8e), tau alone (w/o MHA) or the raw state (Vanilla);
         dead agents and padded steps are left out of the attention."""
         roles = None if agents.roles is None else agents.roles.detach()
-        return self.role_conditioning(self.critic_input, batch, roles, agent_mask=alive_agents(batch.avail_actions))
+        return self.role_conditioning(self.critic_input, batch, roles)
 
     def critic_parameters(self) -> list[nn.Parameter]:
         extra = [] if self.critic_input is None else list(self.critic_input.parameters())

@@ -1,12 +1,15 @@
 """ACORM's role machinery, shared by ACORM-QMIX and ACORM-MAPPO (one implementation for both hosts).
 
 Agent side (Fig. 1b / Fig. 8b): trajectory encoder -> agent embedding e, query role encoder -> role
-representation z, the agent's head on [e, z]. Contrastive role learning (Fig. 1c / 8c, Eqs. 3-5): every
-T_cl updates the :class:`~acorm_pl.callbacks.RoleClustering` callback clusters the agent embeddings of
-the batch with K-means and the module takes one step of the InfoNCE loss with its own optimizer, then
-moves the key encoder by momentum. State side (Fig. 1d / 8e, Eqs. 6-8): a GRU encodes the state history
-into tau and multi-head attention lets tau attend to the role representations; [tau_mha, tau] conditions
-the QMIX mixer (ACORM-QMIX) or the critic (ACORM-MAPPO).
+representation z, the agent's head on [e, z]; no one-hot agent IDs by default (Sec. 2.1: role
+representations, not identities, tell agents apart). Contrastive role learning (Fig. 1c / 8c, Eqs. 3-5):
+every T_cl updates the :class:`~acorm_pl.callbacks.RoleClustering` callback clusters the agent embeddings
+of the batch with K-means and the module takes one step of the InfoNCE loss with its own optimizer. The
+key encoder follows the query encoder by momentum (Eq. 5) after *every* update of the module (a TD update
+of ACORM-QMIX, a PPO update of ACORM-MAPPO), since the host's loss trains the query encoder on every
+update; MoCo and the authors' code do the same. State side (Fig. 1d / 8e, Eqs. 6-8): a GRU encodes the
+state history into tau and multi-head attention lets tau attend to the role representations of the alive
+agents; [tau_mha, tau] conditions the QMIX mixer (ACORM-QMIX) or the critic (ACORM-MAPPO).
 
 Ablations (Fig. 3) are switches: ``contrastive=False`` (w/o CL), ``attention=False`` (w/o MHA, state GRU
 kept), ``attention=False, state_encoder=False`` (w/o MHA (Vanilla)); all three off builds exactly the
@@ -138,13 +141,14 @@ class ContrastiveRoles:
         return RoleQAgent(self.input_dim, self.info.n_actions, hp.embed_dim, role_encoder, hp.role_dim)
 
     def role_conditioning(self, net: AttentionMixerInput | None, batch: EpisodeBatch, roles: torch.Tensor | None,
-                          agent_mask: torch.Tensor | None = None, record: bool = True) -> torch.Tensor:
+                          record: bool = True) -> torch.Tensor:
         """[tau_mha, tau] (with attention), tau alone (w/o MHA) or the raw state (Vanilla, ``net`` None) for
-        every step [B, T+1, .]; ``agent_mask`` [B, T+1, N] leaves agents out of the attention. With ``record``
-        the attention weights are kept in ``last_attention``."""
+        every step [B, T+1, .]. Dead agents and padded steps are left out of the attention (one policy for
+        both hosts): a dead agent's role representation is meaningless and must not move the conditioning.
+        With ``record`` the attention weights are kept in ``last_attention``."""
         if net is None:
             return batch.state
-        cond, weights = net(batch.state, roles, agent_mask)
+        cond, weights = net(batch.state, roles, alive_agents(batch.avail_actions))  # mask [B, T+1, N]
         if record:
             self.last_attention = None if weights is None else weights.detach()
         return cond
@@ -164,7 +168,7 @@ class ContrastiveRoles:
                            ) -> dict[str, torch.Tensor]:
         """One step of the InfoNCE loss (Eq. 4) on the valid steps of ``batch``, given the agent
         ``embeddings`` [B, T, N, H] (treated as constants: this loss trains f_theta and W only) and their
-        cluster ``labels`` [B, T, N]; then the momentum update of the key encoder (Eq. 5)."""
+        cluster ``labels`` [B, T, N]. The key encoder moves afterwards, with every update (:meth:`training_step`)."""
         valid = batch.filled.bool()
         e = embeddings.detach().float()[valid]  # [M, N, H]
         alive = alive_agents(batch.avail_actions[:, :-1])[valid]
@@ -174,11 +178,11 @@ class ContrastiveRoles:
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
-        head.momentum_update(self.hparams.key_encoder_tau)  # Eq. (5)
         return {"contrastive_loss": loss.detach(), **stats}
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
-        """The host's update, then the contrastive step when the clustering callback has marked it due."""
+        """The host's update, the contrastive step when the clustering callback has marked it due, then the
+        key encoder's momentum update (Eq. 5), once per update whether or not a contrastive step ran."""
         loss = super().training_step(batch, batch_idx)
         clustering, self.role_clustering = self.role_clustering, None
         if self.contrastive and clustering is not None:
@@ -188,7 +192,14 @@ class ContrastiveRoles:
             # Logged on every contrastive step (rare), whatever log_every_n_steps says.
             for logger in self.loggers:
                 logger.log_metrics({f"roles/{k}": float(v) for k, v in stats.items()}, step=self.env_steps)
+        self.update_key_encoder()
         return loss
+
+    def update_key_encoder(self) -> None:
+        """Eq. (5): theta_k <- beta * theta_k + (1 - beta) * theta_q with beta = 1 - ``key_encoder_tau``, after
+        every update of the query encoder theta_q (which the host's loss trains on every update)."""
+        if self.contrastive:
+            self.role_head.momentum_update(self.hparams.key_encoder_tau)
 
     def contrastive_optimizer(self) -> torch.optim.Optimizer:
         """Adam over the query role encoder and W (the last optimizer of the module)."""

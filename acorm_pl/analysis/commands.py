@@ -19,6 +19,7 @@ from acorm_pl.analysis.evaluate import evaluate_checkpoint, log_analysis_run, lo
 from acorm_pl.analysis.figures import write_episode_figures
 from acorm_pl.analysis.inspect import save_records
 from acorm_pl.analysis.progress import interval, rich_table
+from acorm_pl.envs.seeds import ANALYSIS_SEED
 from acorm_pl.errors import ConfigError
 
 
@@ -43,7 +44,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
                 "test win rate with a confidence interval and mean return, logged to MLflow as a new run.")
     p.add_argument("checkpoint", help="a checkpoint of acorm-pl fit (e.g. <run artifacts>/checkpoints/last.ckpt)")
     p.add_argument("--episodes", type=int, default=32, help="greedy episodes (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="environment copy i is seeded seed + i (default 0)")
+    p.add_argument("--seed", type=int, default=ANALYSIS_SEED,
+                   help=f"environment copy i is seeded seed + i (default {ANALYSIS_SEED:_}: episodes that no "
+                        "training or periodic evaluation played)")
     p.add_argument("--n-envs", type=int, default=None, help="copies stepped at once (default min(episodes, 16))")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--record", type=Path, default=None,

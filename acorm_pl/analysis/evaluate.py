@@ -22,6 +22,7 @@ from acorm_pl.analysis.inspect import (
 )
 from acorm_pl.analysis.progress import interval, progress_task, rich_table
 from acorm_pl.analysis.stats import bootstrap_ci, wilson_interval
+from acorm_pl.envs.seeds import ANALYSIS_SEED
 from acorm_pl.errors import require
 from acorm_pl.tracking import MLflowTracker
 
@@ -77,7 +78,7 @@ class EvaluationResult:
         return rich_table(title, columns, [row])
 
 
-def evaluate_checkpoint(path: str | Path, n_episodes: int = 32, seed: int = 0, n_envs: int | None = None,
+def evaluate_checkpoint(path: str | Path, n_episodes: int = 32, seed: int = ANALYSIS_SEED, n_envs: int | None = None,
                         record: bool = False, confidence: float = 0.95, progress: bool = False
                         ) -> tuple[EvaluationResult, list[EpisodeRecord]]:
     """Run ``n_episodes`` greedy episodes of the policy in checkpoint ``path`` on its own environment

@@ -16,6 +16,7 @@ from acorm_pl.callbacks.roles import RoleClustering
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.data.rollout import Rollout, collect_rollout
 from acorm_pl.envs import VecEnv, make_vec_env
+from acorm_pl.envs.seeds import ANALYSIS_SEED
 from acorm_pl.errors import require
 from acorm_pl.nets import AgentOutput, shift_actions
 
@@ -165,10 +166,11 @@ def checkpoint_env(data: dict, seed: int, n_envs: int) -> VecEnv:
                         **(data.get("env_kwargs") or {}))
 
 
-def inspect_checkpoint(path: str | Path, n_episodes: int = 4, seed: int = 0, n_envs: int | None = None
+def inspect_checkpoint(path: str | Path, n_episodes: int = 4, seed: int = ANALYSIS_SEED, n_envs: int | None = None
                        ) -> list[EpisodeRecord]:
     """Greedy episodes of the policy in checkpoint ``path`` on its own environment, with the per-timestep
-    data of :class:`EpisodeRecord`. Environment copies are seeded ``seed + i``."""
+    data of :class:`EpisodeRecord`. Environment copies are seeded ``seed + i``; the default seeds are disjoint
+    from every training and periodic-evaluation seed (:mod:`acorm_pl.envs.seeds`)."""
     model, data = load_checkpoint(path)
     env = checkpoint_env(data, seed, n_envs or n_episodes)
     try:

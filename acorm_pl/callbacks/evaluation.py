@@ -12,14 +12,16 @@ from torchmetrics import MeanMetric
 from acorm_pl.callbacks.schedule import next_due
 from acorm_pl.data.rollout import collect_rollout
 from acorm_pl.envs.base import VecEnv
+from acorm_pl.envs.seeds import EVAL_SEED_OFFSET, evaluation_seeds
 from acorm_pl.errors import require
-
-EVAL_SEED_OFFSET = 1_000_000  # evaluation environments never share seeds with training ones
 
 
 class Evaluation(pl.Callback):
     """Runs ``n_eval_episodes`` greedy episodes (split over ranks) at the start, every ``eval_interval`` env
     steps and at the end; logs test/win_rate, test/return_mean and test/ep_length_mean against env steps.
+
+    Evaluation number ``j`` re-seeds its environments from ``j`` alone (:mod:`acorm_pl.envs.seeds`), so it
+    plays the same episodes whatever ran before it: a resumed run evaluates what an uninterrupted one does.
 
     Args:
         eval_interval: env steps between evaluations.
@@ -46,6 +48,7 @@ class Evaluation(pl.Callback):
         self.eval_interval, self.n_eval_episodes = eval_interval, n_eval_episodes
         self.n_eval_envs, self.eval_at_start = n_eval_envs, eval_at_start
         self.next_eval = 0
+        self.n_evaluations = 0  # evaluations run so far: the next one's seed index
         self.last_eval_step = -1
         self.latest: dict[str, float] = {}
         self._env: VecEnv | None = None
@@ -67,6 +70,9 @@ class Evaluation(pl.Callback):
         """Run ``n_episodes`` (default ``n_eval_episodes``) greedy episodes now; returns (and logs) the
         rank-aggregated metrics."""
         env = self._eval_env(trainer)
+        dm = trainer.datamodule
+        env.reseed(evaluation_seeds(dm.seed, self.n_evaluations, dm.rank, env.n_envs, trainer.world_size))
+        self.n_evaluations += 1
         device = pl_module.device
         if not self._metrics:
             self._metrics = {k: MeanMetric().to(device) for k in ("win_rate", "return_mean", "ep_length_mean")}
@@ -117,9 +123,12 @@ class Evaluation(pl.Callback):
             self._env = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_eval": self.next_eval, "last_eval_step": self.last_eval_step, "latest": self.latest}
+        return {"next_eval": self.next_eval, "last_eval_step": self.last_eval_step, "latest": self.latest,
+                "n_evaluations": self.n_evaluations}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_eval = state_dict["next_eval"]
         self.last_eval_step = state_dict["last_eval_step"]
         self.latest = state_dict.get("latest", {})
+        # Checkpoints from before evaluations were indexed: one evaluation per interval before the next one due.
+        self.n_evaluations = state_dict.get("n_evaluations", self.next_eval // self.eval_interval)

@@ -9,10 +9,9 @@ from typing import Any
 import lightning.pytorch as pl
 
 from acorm_pl.callbacks.schedule import next_due
+from acorm_pl.envs.seeds import FIGURES_SEED_OFFSET
 from acorm_pl.errors import require
 from acorm_pl.tracking import MLflowTracker
-
-FIGURES_SEED_OFFSET = 2_000_000  # the figures' episodes never share seeds with training or evaluation ones
 
 
 class RoleFigures(pl.Callback):

@@ -8,6 +8,7 @@ torch tensors on the CPU. Families: SMAX (jaxmarl, vectorised in JAX), later SMA
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,11 @@ class VecEnv(abc.ABC):
     def save_replay(self) -> None:
         """Write replays of the episodes played so far, where the family supports it (SMAC)."""
 
+    @abc.abstractmethod
+    def reseed(self, seeds: Sequence[int]) -> None:
+        """Draw the following episodes of copy ``i`` from ``seeds[i]``, as a freshly built env would (periodic
+        evaluation re-seeds before each round so its episodes do not depend on the evaluations before it)."""
+
     def state_dict(self) -> dict[str, Any]:
         """RNG state of the copies, so a resumed run draws the same episodes."""
         return {}
@@ -140,6 +146,10 @@ class SingleEnv(abc.ABC):
 
     def save_replay(self) -> None:
         """Write a replay of the episodes so far, where the engine can (SMAC)."""
+
+    def seed(self, seed: int) -> None:
+        """Draw the following episodes from ``seed``. Engines that fix their seed when the game launches
+        (StarCraft II) ignore it."""
 
     def close(self) -> None:
         """Stop the engine and any process it started."""

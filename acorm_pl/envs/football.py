@@ -232,6 +232,10 @@ class FootballEnv(SingleEnv):
     def info(self) -> EnvInfo:
         return self._info
 
+    def seed(self, seed: int) -> None:
+        """The next episodes' engine seeds are drawn from ``seed``, as after construction with it."""
+        random.seed(seed)
+
     def _raw(self) -> dict[str, Any]:
         return self._env.unwrapped.observation()[0]
 

@@ -345,6 +345,14 @@ class SMAXVecEnv(VecEnv):
             battle_won=_to_torch(won),
         )
 
+    def reseed(self, seeds: Sequence[int]) -> None:
+        """Copy ``i`` draws its next episodes from ``jax.random.PRNGKey(seeds[i])``, as if built with that seed."""
+        self._require_open()
+        if len(seeds) != self.n_envs:
+            raise ValueError(f"reseed needs {self.n_envs} seeds, got {len(seeds)}")
+        self._keys = self._jnp.stack([self._jax.random.PRNGKey(int(s)) for s in seeds])
+        self._state = None
+
     def state_dict(self) -> dict[str, Any]:
         """The per-copy PRNG keys, {"keys": int64 CPU tensor [n_envs, key_size]}."""
         self._require_open()

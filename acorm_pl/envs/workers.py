@@ -92,7 +92,8 @@ def _worker_main(conn: Connection, factory: Callable[[int], SingleEnv], seed: in
         conn.send(("error", traceback.format_exc()))
         _shutdown(holder)
     env = holder[0]
-    commands = {"step": env.step, "reset": lambda _: env.reset(), "save_replay": lambda _: env.save_replay()}
+    commands = {"step": env.step, "reset": lambda _: env.reset(), "save_replay": lambda _: env.save_replay(),
+                "seed": env.seed}
     while True:
         try:
             command, argument = conn.recv()
@@ -406,6 +407,16 @@ class ProcessVecEnv(VecEnv):
         """Ask every worker's environment to write its replay (SMAC); a failing worker is restarted."""
         _, failed = self._exchange({i: ("save_replay", None) for i in range(self.n_envs)}, self.reset_timeout)
         for i in failed:
+            self._mark_lost(i)
+
+    def reseed(self, seeds: Sequence[int]) -> None:
+        """Every worker's environment draws its next episodes from ``seeds[i]`` (:meth:`SingleEnv.seed`); a
+        worker restarted later starts from ``seeds[i] + 100_003 * k``."""
+        if len(seeds) != self.n_envs:
+            raise ValueError(f"reseed needs {self.n_envs} seeds, got {len(seeds)}")
+        self._seeds = [int(s) for s in seeds]
+        _, failed = self._exchange({i: ("seed", s) for i, s in enumerate(self._seeds)}, self.reset_timeout)
+        for i in failed:  # restarted with a seed derived from its new one; nothing of an episode was lost
             self._mark_lost(i)
 
     def state_dict(self) -> dict[str, Any]:
