@@ -80,8 +80,7 @@ def test_resume_continues_env_steps_buffer_and_run(workdir):
     dm2 = second["RolloutDataModule"]
     assert dm2["env_steps"] >= 800 and dm2["episodes"] > dm_state["episodes"]
     assert dm2["buffer"]["episodes_added"] == dm2["episodes"]  # the old episodes were kept, new ones added
-    assert torch.equal(dm2["buffer"]["storage"]["obs"][: dm_state["buffer"]["size"]][:1],
-                       dm_state["buffer"]["storage"]["obs"][:1])
+    assert torch.equal(dm2["buffer"]["steps"]["obs"][:1], dm_state["buffer"]["steps"]["obs"][:1])  # the oldest
     assert second["state_dict"]["n_updates"] > first["state_dict"]["n_updates"]
     win_steps = [m.step for m in _client(workdir).get_metric_history(runs[0].info.run_id, "test/win_rate")]
     assert max(win_steps) >= 800

@@ -89,15 +89,16 @@ def _info():
 
 def test_buffer_is_fifo_and_preallocated(rollout):
     buf = EpisodeReplayBuffer(_info(), capacity=4)
-    assert buf.nbytes == sum(t.numel() * t.element_size() for t in buf.storage.values())
-    assert buf.storage["obs"].dtype == torch.float32 and buf.storage["obs"].shape == (4, 7, 2, 3)
-    buf.add(rollout.episodes, rollout.lengths)  # slots 0, 1, 2
-    buf.add(rollout.episodes, rollout.lengths)  # slot 3, then overwrites 0, 1
-    assert len(buf) == 4 and buf.insert_pos == 2 and buf.episodes_added == 6
-    assert buf.lengths.tolist() == [6, 4, 4, 2]
-    # the overwritten slot 1 (was a length-6 episode) holds the length-4 episode with clean padding
-    assert buf.storage["filled"][1].tolist() == [1, 1, 1, 1, 0, 0]
-    assert buf.storage["obs"][1, 5:].abs().sum() == 0
+    assert buf.nbytes == sum(t.numel() * t.element_size() for t in buf.storage.values()) + 2 * 4 * 8
+    # one step ring: room for 4 episodes at the limit of 6 steps, each with its final observation, + a zero slot
+    assert buf.storage["obs"].dtype == torch.float32 and buf.storage["obs"].shape == (4 * 7 + 1, 2, 3)
+    buf.add(rollout.episodes, rollout.lengths)
+    buf.add(rollout.episodes, rollout.lengths)  # the two oldest episodes make room
+    assert len(buf) == 4 and buf.episodes_added == 6 and buf.evicted_early == 0
+    assert buf.lengths.tolist() == [4, 2, 6, 4]  # oldest first
+    stored = buf.get(torch.arange(4))
+    assert stored.filled[0].tolist() == [1, 1, 1, 1, 0, 0] and stored.obs[0, 5:].abs().sum() == 0
+    assert stored.obs[:, 0, 0, 1].tolist() == [2, 0, 1, 2]  # obs[..., 1] holds the env index
 
 
 def test_buffer_state_dict_round_trip(rollout):
@@ -107,9 +108,9 @@ def test_buffer_state_dict_round_trip(rollout):
     state = buf.state_dict()
     restored = EpisodeReplayBuffer(_info(), capacity=8, seed=99)
     restored.load_state_dict(state)
-    assert (len(restored), restored.insert_pos, restored.episodes_added) == (3, 3, 3)
+    assert (len(restored), restored.used, restored.episodes_added) == (3, 15, 3)
     for k in buf.storage:
-        assert torch.equal(buf.storage[k], restored.storage[k])
+        assert torch.equal(buf.storage[k][:15], restored.storage[k][:15])
     a, b = buf.sample(2), restored.sample(2)  # same RNG state -> same draws
     assert torch.equal(a.obs, b.obs) and torch.equal(a.actions, b.actions)
 
@@ -130,6 +131,6 @@ def test_buffer_add_of_no_episodes_is_a_no_op(rollout):
     buf.add(rollout.episodes, rollout.lengths)
     before = {k: v.clone() for k, v in buf.storage.items()}
     empty = rollout.episodes.truncate(0)
-    buf.add(type(empty)(*(getattr(empty, k)[:0] for k in before)), rollout.lengths[:0])
-    assert (len(buf), buf.insert_pos, buf.episodes_added) == (3, 3, 3)
+    buf.add(empty.select(torch.arange(0)), rollout.lengths[:0])
+    assert (len(buf), buf.used, buf.episodes_added) == (3, 15, 3)
     assert all(torch.equal(before[k], buf.storage[k]) for k in before)

@@ -88,9 +88,9 @@ def _action_sum(steps: int) -> int:
 
 def _assert_whole_episodes(buffer: EpisodeReplayBuffer) -> None:
     """Every stored episode is complete: ``filled`` is a prefix of ones as long as the stored length."""
-    for slot in range(len(buffer)):
-        length = int(buffer.lengths[slot])
-        filled = buffer.storage["filled"][slot]
+    stored = buffer.get(torch.arange(len(buffer)))
+    for i, length in enumerate(buffer.lengths.tolist()):
+        filled = stored.filled[i]
         assert length >= 1 and filled[:length].eq(1).all() and filled[length:].eq(0).all()
 
 
@@ -355,7 +355,7 @@ def test_datamodule_counts_only_kept_episodes(monkeypatch):
     assert (dm.env_steps, dm.episodes, dm.worker_restarts, len(dm.buffer)) == (12, 4, 2, 4)
     assert dm._all_can_sample
     _assert_whole_episodes(dm.buffer)
-    assert set(dm.buffer.storage["obs"][:4, 0, 0, 1].tolist()) == {0.0, 2.0}  # obs[..., 1] = copy index
+    assert set(dm.buffer.get(torch.arange(4)).obs[:, 0, 0, 1].tolist()) == {0.0, 2.0}  # obs[..., 1] = copy index
     assert dm.state_dict()["worker_restarts"] == 2
 
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from acorm_pl.data.episode_buffer import EpisodeBatch, EpisodeReplayBuffer
+from acorm_pl.data.episode_buffer import OBS_DTYPES, EpisodeBatch, EpisodeReplayBuffer
 from acorm_pl.data.rollout import Rollout, collect_rollout
 from acorm_pl.envs import EnvInfo, VecEnv, get_env_info, make_vec_env
+from acorm_pl.envs.seeds import copy_seeds
 from acorm_pl.errors import require
 
 
@@ -43,6 +44,11 @@ class RolloutDataModule(pl.LightningDataModule):
         n_envs: environments stepped in lockstep on each rank.
         seed: environment seeds are ``seed + rank * n_envs + i``.
         buffer_size: replay capacity in episodes.
+        buffer_steps: replay capacity in transitions (env steps), shared by the stored episodes; null: room
+            for ``buffer_size`` episodes at the episode limit. Smaller saves memory: the oldest episodes are
+            then also evicted when a new one does not fit (counted, with a warning).
+        buffer_obs_dtype: storage dtype of observations and states in the replay buffer: ``float32``, or
+            ``float16`` / ``bfloat16`` for half the memory (rounded; batches are float32 either way).
         batch_size: episodes per sampled batch (on-policy: episodes collected per update, at least).
         updates_per_collect: gradient updates per collected batch of ``n_envs`` episodes.
         total_env_steps: env-step budget of the run.
@@ -59,6 +65,8 @@ class RolloutDataModule(pl.LightningDataModule):
         n_envs: int = 8,
         seed: int = 0,
         buffer_size: int = 5000,
+        buffer_steps: int | None = None,
+        buffer_obs_dtype: str = "float32",
         batch_size: int = 32,
         updates_per_collect: int = 1,
         total_env_steps: int = 2_000_000,
@@ -74,6 +82,8 @@ class RolloutDataModule(pl.LightningDataModule):
         require(batch_size <= buffer_size,
                 f"data.batch_size ({batch_size}) must not exceed data.buffer_size ({buffer_size})")
         require(seed >= 0, f"data.seed must be >= 0, got {seed}")
+        require(buffer_obs_dtype in OBS_DTYPES,
+                f"data.buffer_obs_dtype must be one of {', '.join(OBS_DTYPES)}, got {buffer_obs_dtype!r}")
         self.save_hyperparameters()
         self.env_name, self.map_name, self.env_kwargs = env, map_name, dict(env_kwargs or {})
         self.n_envs, self.seed = n_envs, seed
@@ -82,6 +92,11 @@ class RolloutDataModule(pl.LightningDataModule):
         self.epoch_env_steps, self.buffer_device = epoch_env_steps, buffer_device
         self.checkpoint_buffer = checkpoint_buffer
         self.env_info: EnvInfo = get_env_info(env, map_name, **self.env_kwargs)
+        min_steps = batch_size * self.env_info.episode_limit
+        require(buffer_steps is None or (isinstance(buffer_steps, int) and buffer_steps >= min_steps),
+                f"data.buffer_steps must be null or at least data.batch_size x the episode limit ({batch_size} x "
+                f"{self.env_info.episode_limit} = {min_steps}, a batch of the longest episodes), got {buffer_steps!r}")
+        self.buffer_steps, self.buffer_obs_dtype = buffer_steps, buffer_obs_dtype
         self.env: VecEnv | None = None
         self.buffer: EpisodeReplayBuffer | None = None
         self.env_steps = 0  # global (all ranks) environment steps collected
@@ -106,9 +121,8 @@ class RolloutDataModule(pl.LightningDataModule):
         return self.trainer.world_size if self.trainer is not None else 1
 
     def env_seeds(self, offset: int = 0) -> list[int]:
-        """Seeds of this rank's copies: ``seed + offset + rank * n_envs + i``."""
-        base = self.seed + offset + self.rank * self.n_envs
-        return [base + i for i in range(self.n_envs)]
+        """Seeds of this rank's copies: ``seed + offset + rank * n_envs + i`` (:mod:`acorm_pl.envs.seeds`)."""
+        return copy_seeds(self.seed + offset, self.rank, self.n_envs)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def use_algorithm(self, module: Any) -> None:
@@ -129,9 +143,11 @@ class RolloutDataModule(pl.LightningDataModule):
             rank_zero_info(f"on-policy: batches of >= {self.batch_size} fresh episodes per rank, no replay buffer")
         elif self.buffer is None:
             self.buffer = EpisodeReplayBuffer(self.env_info, self.buffer_size, self.buffer_device,
-                                              seed=self.seed + 1000 * self.rank)
-            rank_zero_info(f"replay buffer: {self.buffer_size} episodes x {self.env_info.episode_limit} steps "
-                           f"preallocated, {self.buffer.nbytes / 2**20:.1f} MiB (float32) on {self.buffer_device}")
+                                              seed=self.seed + 1000 * self.rank, steps=self.buffer_steps,
+                                              obs_dtype=self.buffer_obs_dtype)
+            rank_zero_info(f"replay buffer: {self.buffer_size} episodes, {self.buffer.steps} steps preallocated, "
+                           f"{self.buffer.nbytes / 2**20:.1f} MiB (observations {self.buffer_obs_dtype}) "
+                           f"on {self.buffer_device}")
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
@@ -144,8 +160,8 @@ class RolloutDataModule(pl.LightningDataModule):
 
     def make_env(self, n_envs: int, seed_offset: int) -> VecEnv:
         """A separate set of ``n_envs`` copies (e.g. for evaluation) seeded away from the training ones."""
-        base = self.seed + seed_offset + self.rank * n_envs
-        return make_vec_env(self.env_name, self.map_name, [base + i for i in range(n_envs)], **self.env_kwargs)
+        return make_vec_env(self.env_name, self.map_name, copy_seeds(self.seed + seed_offset, self.rank, n_envs),
+                            **self.env_kwargs)
 
     # ---- collection ----------------------------------------------------------------------------------
     def _global_sum(self, value: int) -> int:
@@ -176,7 +192,12 @@ class RolloutDataModule(pl.LightningDataModule):
                 self._fresh_episodes += rollout.n_episodes
             ready = int(self._fresh_episodes >= self.batch_size)
         else:
+            early = self.buffer.evicted_early
             self.buffer.add(rollout.episodes, rollout.lengths)  # kept (complete) episodes only
+            if early == 0 and self.buffer.evicted_early:
+                rank_zero_warn(f"replay buffer: {self.buffer.steps} steps are full at {len(self.buffer)} episodes "
+                               f"(< data.buffer_size {self.buffer_size}): the oldest are evicted early; raise "
+                               "data.buffer_steps to keep them")
             ready = int(self.buffer.can_sample(self.batch_size))
         steps, episodes, restarts, ready = self._global_sums(rollout.env_steps, rollout.n_episodes, new_restarts, ready)
         self.env_steps += steps

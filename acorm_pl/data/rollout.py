@@ -56,22 +56,25 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
 
     Nothing after an episode's end is kept: steps past its length are zero and ``filled`` is 0 there. A copy
     the env reports ``discarded`` ends there and its episode is left out of the result.
+
+    The episodes are assembled on the device of the env's observations (SMAX with JAX on a GPU hands CUDA
+    tensors over through DLPack: they stay there); lengths and outcomes are CPU tensors.
     """
     info, n_envs = env.info, env.n_envs
     limit, n = info.episode_limit, info.n_agents
-    obs = torch.zeros(n_envs, limit + 1, n, info.obs_dim)
-    state = torch.zeros(n_envs, limit + 1, info.state_dim)
-    avail = torch.zeros(n_envs, limit + 1, n, info.n_actions, dtype=torch.bool)
-    actions = torch.zeros(n_envs, limit, n, dtype=torch.int64)
-    reward = torch.zeros(n_envs, limit)
-    terminated = torch.zeros(n_envs, limit)
-    filled = torch.zeros(n_envs, limit)
+    first = env.reset()
+    kw = {"device": first.obs.device}
+    obs = torch.zeros(n_envs, limit + 1, n, info.obs_dim, **kw)
+    state = torch.zeros(n_envs, limit + 1, info.state_dim, **kw)
+    avail = torch.zeros(n_envs, limit + 1, n, info.n_actions, dtype=torch.bool, **kw)
+    actions = torch.zeros(n_envs, limit, n, dtype=torch.int64, **kw)
+    reward = torch.zeros(n_envs, limit, **kw)
+    terminated = torch.zeros(n_envs, limit, **kw)
+    filled = torch.zeros(n_envs, limit, **kw)
     lengths = torch.full((n_envs,), limit, dtype=torch.int64)
     won = torch.zeros(n_envs, dtype=torch.bool)
     truncated = torch.zeros(n_envs, dtype=torch.bool)
     discarded = torch.zeros(n_envs, dtype=torch.bool)
-
-    first = env.reset()
     obs[:, 0], state[:, 0], avail[:, 0] = first.obs, first.state, first.avail_actions
     active = torch.ones(n_envs, dtype=torch.bool)
     last_actions = torch.full((n_envs, n), -1, dtype=torch.int64)
@@ -85,20 +88,21 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
             lost = active & res.discarded
             discarded |= lost
             active &= ~lost
-        live = active.float()
+        live = active.to(**kw)
         actions[:, t] = step_actions * active.unsqueeze(-1)
         reward[:, t] = res.reward * live
-        terminated[:, t] = res.terminated.float() * live
+        terminated[:, t] = res.terminated * live
         filled[:, t] = live
         # Finished copies keep their last valid inputs so the policy never sees post-episode garbage.
-        keep = active.view(-1, 1, 1)
+        keep = live.view(-1, 1, 1)
         obs[:, t + 1] = torch.where(keep, res.obs, obs[:, t])
-        state[:, t + 1] = torch.where(active.view(-1, 1), res.state, state[:, t])
+        state[:, t + 1] = torch.where(live.view(-1, 1), res.state, state[:, t])
         avail[:, t + 1] = torch.where(keep, res.avail_actions, avail[:, t])
-        ended = active & (res.terminated | res.truncated)
+        res_terminated, res_truncated, res_won = (x.cpu() for x in (res.terminated, res.truncated, res.battle_won))
+        ended = active & (res_terminated | res_truncated)
         lengths[ended] = t + 1
-        won |= ended & res.battle_won
-        truncated |= ended & res.truncated & ~res.terminated
+        won |= ended & res_won
+        truncated |= ended & res_truncated & ~res_terminated
         active &= ~ended
         last_actions = step_actions
         if not bool(active.any()):
@@ -106,15 +110,15 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
     truncated |= active  # copies that never reported an end ran into the limit
     keep = ~discarded
     # Zero everything past each episode's final observation.
-    valid_obs = (torch.arange(limit + 1).unsqueeze(0) <= lengths.unsqueeze(1)).float()
+    valid_obs = (torch.arange(limit + 1).unsqueeze(0) <= lengths.unsqueeze(1)).to(**kw)
     obs *= valid_obs.view(n_envs, limit + 1, 1, 1)
     state *= valid_obs.unsqueeze(-1)
     avail &= valid_obs.bool().view(n_envs, limit + 1, 1, 1)
     batch = EpisodeBatch(obs, state, avail, actions, reward, terminated, filled)
     if not bool(keep.all()):
-        batch = EpisodeBatch(*(getattr(batch, f.name)[keep] for f in fields(batch)))
+        batch = EpisodeBatch(*(getattr(batch, f.name)[keep.to(**kw)] for f in fields(batch)))
     lengths = lengths[keep]
     max_t = int(lengths.max()) if lengths.numel() else 0
     return Rollout(
-        batch.truncate(max_t), lengths, reward.sum(1)[keep], won[keep], truncated[keep], int(discarded.sum())
+        batch.truncate(max_t), lengths, reward.sum(1).cpu()[keep], won[keep], truncated[keep], int(discarded.sum())
     )
