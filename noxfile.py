@@ -9,7 +9,7 @@ TORCH = "torch==2.13.0"  # the local CPU build; the package's own range admits i
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     session.install(TORCH)
-    session.install("-e", ".[smax,dev]")
+    session.install("-e", ".[smax,sweep,dev]")
     session.run("pytest", "-q", *session.posargs)
 
 

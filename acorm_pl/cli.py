@@ -1,5 +1,7 @@
-"""``acorm-pl``: LightningCLI with the rollout DataModule, MLflow tracking and env-step progress.
+"""``acorm-pl``: the commands of :data:`COMMANDS`; ``fit`` is LightningCLI with the rollout DataModule, MLflow
+tracking and env-step progress.
 
+    acorm-pl --help                          # what acorm-pl is and its commands
     acorm-pl fit --config conf/quickstart.yaml
     acorm-pl fit --help
     acorm-pl evaluate <checkpoint> --help    # and acorm-pl curves: acorm_pl/analysis/commands.py
@@ -12,6 +14,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from jsonargparse import ArgumentError, ArgumentParser
@@ -24,6 +27,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 import torch  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_warn  # noqa: E402
 
 from acorm_pl.callbacks import (  # noqa: E402
     EnvStepProgressBar,
@@ -32,10 +36,11 @@ from acorm_pl.callbacks import (  # noqa: E402
     RoleClustering,
     ThroughputMonitor,
 )
+from acorm_pl.checkpoints import LIGHTNING_CKPT_KEYWORDS, check_resume, read_checkpoint  # noqa: E402
 from acorm_pl.data.datamodule import RolloutDataModule  # noqa: E402
 from acorm_pl.envs.base import EnvConfigError  # noqa: E402
-from acorm_pl.errors import ConfigError  # noqa: E402
-from acorm_pl.tracking import MLflowSaveConfig, MLflowTracker, RunCheckpoint, run_id_in_checkpoint  # noqa: E402
+from acorm_pl.errors import ConfigError, DivergenceError  # noqa: E402
+from acorm_pl.tracking import FailureReason, MLflowSaveConfig, MLflowTracker, RunCheckpoint  # noqa: E402
 
 
 def _env_info_of(data: RolloutDataModule) -> dict[str, int]:
@@ -52,6 +57,12 @@ class ACORMCLI(LightningCLI):
     """LightningCLI wired for acorm-pl: env facts flow from the DataModule into the model, the top-level
     seed seeds networks and environments, and ``epsilon`` / ``evaluation`` are always-on callbacks."""
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` only: the algorithms learn from their own rollouts and have no validation, test or predict
+        loop (``acorm-pl evaluate`` measures a checkpoint)."""
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
     def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
         parser.add_lightning_class_args(EpsilonSchedule, "epsilon")
         parser.add_lightning_class_args(Evaluation, "evaluation")
@@ -62,10 +73,26 @@ class ACORMCLI(LightningCLI):
             "--torch_num_threads", type=int | None, default=None,
             help="Threads of torch's CPU ops in this process (null: torch's default). Small recurrent "
                  "networks on a CPU train fastest with 1: see the README's benchmarks.")
+        parser.add_argument(
+            "--checkpoint_dir", type=str | None, default=None,
+            help="Directory of this run's checkpoints (null: <run artifacts>/checkpoints where MLflow's "
+                 "artifacts are local files). acorm-pl sweep gives each trial its own.")
+
+    # Lightning's version loads the file before any check and replaces the config's model settings with the
+    # checkpoint's, silently ignoring e.g. a new learning rate or network size; acorm-pl keeps the config and
+    # checks that the checkpoint fits it (before_fit), so this only rejects a bad file early, in one line.
+    def _parse_ckpt_path(self) -> None:
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
+            read_checkpoint(ckpt_path)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         set_torch_threads(config.get("torch_num_threads"))
+        if config.get("checkpoint_dir"):
+            for callback in self.trainer_defaults["callbacks"]:
+                if isinstance(callback, RunCheckpoint):
+                    callback.dirpath = os.path.realpath(os.path.expanduser(config["checkpoint_dir"]))
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # The default rich bar is one of trainer_defaults' callbacks; Lightning refuses any progress bar
@@ -78,11 +105,16 @@ class ACORMCLI(LightningCLI):
     def before_fit(self) -> None:
         self.datamodule.use_algorithm(self.model)  # bad combinations fail before a run is started
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        # A checkpoint that cannot resume this config fails here, in one line, before any MLflow run starts.
+        ckpt = check_resume(ckpt_path, self.model, self.datamodule) if ckpt_path else None
         tracker = next((lg for lg in self.trainer.loggers if isinstance(lg, MLflowTracker)), None)
-        if ckpt_path and tracker is not None and tracker._run_id is None and os.path.isfile(ckpt_path):
-            run_id = run_id_in_checkpoint(ckpt_path)
-            if run_id is not None:
+        run_id = ckpt.get("mlflow_run_id") if ckpt is not None else None
+        if run_id is not None and tracker is not None and tracker._run_id is None:
+            if tracker.has_run(run_id):
                 tracker._run_id = run_id  # resume logging into the run that wrote the checkpoint
+            else:
+                rank_zero_warn(f"the MLflow run {run_id} that wrote {ckpt_path} is not in this tracking store "
+                               f"({tracker._tracking_uri}); the resumed training logs to a new run")
 
 
 def set_torch_threads(n: int | None) -> None:
@@ -103,7 +135,8 @@ def trainer_defaults() -> dict[str, Any]:
         "log_every_n_steps": 10,
         "num_sanity_val_steps": 0,
         "logger": {"class_path": "acorm_pl.tracking.MLflowTracker"},
-        "callbacks": [ThroughputMonitor(), EnvStepProgressBar(), RunCheckpoint(save_last="link", save_top_k=1)],
+        "callbacks": [ThroughputMonitor(), EnvStepProgressBar(), RunCheckpoint(save_last="link", save_top_k=1),
+                      FailureReason()],
     }
 
 
@@ -129,30 +162,91 @@ def _interrupt_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"received signal {signum}")
 
 
-ANALYSIS_COMMANDS = ("evaluate", "curves")  # argparse commands of acorm_pl.analysis.commands
+def _fit(argv: list[str]) -> None:
+    # Let LightningCLI read sys.argv itself when that is where the arguments come from (it warns otherwise).
+    build_cli(None if sys.argv[1:] == ["fit", *argv] else ["fit", *argv])
+
+
+def _analysis(argv: list[str], name: str) -> None:
+    from acorm_pl.analysis.commands import run_command  # matplotlib and scikit-learn only when needed
+
+    run_command([name, *argv])
+
+
+def _sweep(argv: list[str]) -> None:
+    from acorm_pl.sweep.command import sweep_command  # Ray and the MLflow server only when needed
+
+    sweep_command(argv)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
+    "fit": ("train an algorithm from a config (--config conf/quickstart.yaml), or resume it (--ckpt_path)", _fit),
+    "evaluate": ("greedy episodes of a checkpoint: win rate and return with confidence intervals, figures",
+                 lambda argv: _analysis(argv, "evaluate")),
+    "curves": ("learning curves over seeds with bootstrap bands and a summary table, from MLflow runs",
+               lambda argv: _analysis(argv, "curves")),
+    "sweep": ("every trial of a sweep file (variants x seeds x grid) as an acorm-pl fit, scheduled by Ray", _sweep),
+}
+"""Every acorm-pl command: name -> (one-line summary for ``acorm-pl --help``, runner of its arguments)."""
+
+# LightningCLI's other subcommands: these modules have no validation, test or predict loop.
+NOT_COMMANDS = {"validate": "validation", "test": "test", "predict": "prediction"}
+
+
+def usage() -> str:
+    """The text of ``acorm-pl --help``: what acorm-pl is and its commands."""
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: acorm-pl COMMAND [options]",
+        "",
+        "ACORM (attention-guided contrastive role representations, ICLR 2024) and its baselines QMIX, MAPPO and",
+        "ACORM-MAPPO for cooperative multi-agent RL, on PyTorch Lightning: SMAX, StarCraft II (SMAC) and Google",
+        "Research Football, tracked with MLflow.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {summary}" for name, (summary, _) in COMMANDS.items()),
+        "",
+        "acorm-pl COMMAND --help lists a command's options; README.md has the quick start.",
+    ]
+    return "\n".join(lines)
+
+
+def _dispatch(argv: list[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    name = argv[0]
+    if name in NOT_COMMANDS:
+        raise ConfigError(f"acorm-pl {name} is not available: these algorithms learn from their own rollouts and "
+                          f"have no {NOT_COMMANDS[name]} loop; measure a trained policy with `acorm-pl evaluate CKPT`")
+    if name not in COMMANDS:
+        what = (f"expected a command first, got the option {name!r}" if name.startswith("-")
+                else f"unknown command {name!r}")
+        raise ConfigError(f"{what}; commands: {', '.join(COMMANDS)} (acorm-pl --help)")
+    COMMANDS[name][1](argv[1:])
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: LightningCLI's subcommands (``fit`` ...) and the analysis commands ``evaluate``
-    and ``curves``; configuration errors end with one line on stderr and exit code 2. SIGTERM (e.g. from a
-    scheduler) is handled as Ctrl-C, so the run is marked and environment workers are closed."""
+    """Console entry point: the commands of :data:`COMMANDS`. Bad input, a checkpoint that does not fit and a
+    diverging run end with one ``acorm-pl: error:`` line on stderr and exit code 2; Ctrl-C outside a run ends
+    with one line and exit code 130. SIGTERM (e.g. from a scheduler) is handled as Ctrl-C, so the run is
+    marked and environment workers are closed."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm) if in_main_thread else None
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] in ANALYSIS_COMMANDS:
-            from acorm_pl.analysis.commands import run_command  # matplotlib and scikit-learn only when needed
-
-            run_command(argv)
-        else:
-            build_cli(args)
-    except (ValueError, ArgumentError) as err:
+        _dispatch(argv)
+    except (ValueError, ArgumentError, DivergenceError) as err:
         cause = _config_error_in(err)
         if cause is None:
             raise
         message = " ".join(str(cause).split())  # jsonargparse spreads one error over several lines
         print(f"acorm-pl: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Inside a fit Lightning handles Ctrl-C (the run is marked FAILED); this is Ctrl-C anywhere else.
+        print("acorm-pl: interrupted; nothing was written after the last completed step", file=sys.stderr)
+        sys.exit(130)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -162,13 +256,13 @@ def _config_error_in(err: BaseException) -> BaseException | None:
     """The configuration error behind ``err`` (jsonargparse wraps errors raised while instantiating)."""
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, (ConfigError, EnvConfigError, ArgumentError)):
+        if isinstance(seen, (ConfigError, EnvConfigError, ArgumentError, DivergenceError)):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
 
 
-__all__ = ["ACORMCLI", "build_cli", "main"]
+__all__ = ["ACORMCLI", "COMMANDS", "build_cli", "main", "usage"]
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""MLflow tracking: a logger with project defaults, the resolved config as an artifact, run-scoped checkpoints."""
+"""MLflow tracking: a logger with project defaults, the resolved config as an artifact, run-scoped checkpoints
+written atomically, and the reason a run failed."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+import warnings
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -10,15 +14,45 @@ from urllib.parse import unquote, urlparse
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from mlflow.exceptions import MlflowException
+
+from acorm_pl.checkpoints import read_checkpoint
+from acorm_pl.errors import ConfigError
 
 
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else an sqlite store ``mlruns.db`` in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+
+
+def check_tracking_store(uri: str) -> None:
+    """Raise :class:`ConfigError` (one line) when the sqlite store of ``uri`` cannot be written, before any
+    run starts; other stores are left to MLflow. Missing directories are created, as MLflow would."""
+    if not uri.startswith("sqlite:///"):
+        return
+    store = Path(uri[len("sqlite:///"):])
+    if str(store) in ("", ":memory:"):
+        return
+    hint = ("choose a writable place with MLFLOW_TRACKING_URI or --trainer.logger.init_args.tracking_uri "
+            "(evaluate, curves: --tracking-uri)")
+    existing = next(p for p in (store.parent, *store.parent.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write the MLflow store {store}: {existing} is a file, not a directory; {hint}")
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        if store.exists():
+            with open(store, "r+b"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=store.parent):
+                pass
+    except OSError as err:
+        raise ConfigError(f"cannot write the MLflow store {store} ({err.strerror or err}); {hint}") from err
 
 
 class MLflowTracker(MLFlowLogger):
@@ -37,6 +71,7 @@ class MLflowTracker(MLFlowLogger):
     def __init__(self, experiment_name: str = "acorm-pl", run_name: str | None = None, tracking_uri: str | None = None,
                  tags: dict[str, Any] | None = None, artifact_location: str | None = None, run_id: str | None = None):
         uri = tracking_uri or default_tracking_uri()
+        check_tracking_store(uri)
         if artifact_location is None and uri.startswith("sqlite:///"):
             store = Path(uri[len("sqlite:///"):])
             artifact_location = (store.parent / "mlartifacts").resolve().as_uri()
@@ -72,6 +107,14 @@ class MLflowTracker(MLFlowLogger):
         if fresh:
             super().log_hyperparams(fresh)
 
+    def has_run(self, run_id: str) -> bool:
+        """Whether ``run_id`` is a run of this tracking store (a checkpoint may come from another store)."""
+        try:
+            self._mlflow_client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
     def artifact_dir(self) -> Path | None:
         """Local directory of this run's artifacts, or None when the artifact store is remote."""
         uri = self.experiment.get_run(self.run_id).info.artifact_uri
@@ -104,9 +147,59 @@ class MLflowSaveConfig(SaveConfigCallback):
             path.write_text(text)
 
 
+PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; renamed into place when complete
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file in its directory, flushes it to disk and renames it into place,
+    so a process killed during a save leaves the previous checkpoints whole. The file is streamed, not
+    built in memory first (a checkpoint with a replay buffer can be gigabytes). Remote paths go to Lightning."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+        try:
+            with open(partial, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, target)
+        except BaseException:
+            with suppress(OSError):
+                partial.unlink()
+            raise
+        _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened)."""
+    with suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def replace_link(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> None:
+    """Point the symlink ``link`` at ``target`` (relative) in one rename, so ``link`` always names a whole file."""
+    link = Path(link)
+    temp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    with suppress(FileNotFoundError):
+        temp.unlink()
+    os.symlink(os.path.relpath(target, link.parent), temp)
+    os.replace(temp, link)
+
+
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that writes into the MLflow run's artifact directory (``<artifacts>/checkpoints``)
-    when no ``dirpath`` is given, and records the run id in each checkpoint so a resume continues that run."""
+    when no ``dirpath`` is given, records the run id in each checkpoint so a resume continues that run, and
+    saves atomically: files through :class:`AtomicCheckpointIO`, the ``last.ckpt`` link (``save_last="link"``)
+    re-pointed in one rename as soon as a new checkpoint is complete, before older ones are removed."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.dirpath is None and trainer.is_global_zero:
@@ -114,7 +207,33 @@ class RunCheckpoint(ModelCheckpoint):
             local = tracker.artifact_dir() if tracker is not None else None
             if local is not None:
                 self.dirpath = str(local / "checkpoints")
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # leave a user's own CheckpointIO alone
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.dirpath is not None and trainer.is_global_zero:
+            for pattern in (f".*{PARTIAL_SUFFIX}", ".*.link"):  # left by a process killed mid-save
+                for stale in Path(self.dirpath).glob(pattern):
+                    stale.unlink(missing_ok=True)
         super().setup(trainer, pl_module, stage)
+
+    # ModelCheckpoint has no public hook between writing a checkpoint and removing the previous one, which
+    # last.ckpt may still point at; overriding its _save_checkpoint is the only place to re-point the link first.
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        last = self.last_model_path  # empty until the first link exists: Lightning creates that one
+        if (self.save_last == "link" and last and os.path.islink(last) and trainer.is_global_zero
+                and os.path.abspath(filepath) != os.path.abspath(last)):
+            replace_link(filepath, last)
+
+    # Lightning's version removes last.ckpt before creating the new link, leaving a moment without one.
+    @staticmethod
+    def _link_checkpoint(trainer: pl.Trainer, filepath: str, linkpath: str) -> None:
+        if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
+            try:
+                replace_link(filepath, linkpath)
+            except OSError:  # no symlinks (e.g. Windows without the privilege): Lightning copies instead
+                ModelCheckpoint._link_checkpoint(trainer, filepath, linkpath)
+                return
+        trainer.strategy.barrier()
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -123,7 +242,30 @@ class RunCheckpoint(ModelCheckpoint):
             checkpoint["mlflow_run_id"] = tracker.run_id
 
 
+class FailureReason(Callback):
+    """Tags a failed run with why it failed (``acorm_pl.failure``: the error's one line, or that it was
+    interrupted); Lightning then marks it FAILED."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not trainer.is_global_zero:
+            return
+        if isinstance(exception, KeyboardInterrupt):
+            reason = f"interrupted (Ctrl-C or SIGTERM) at env step {_env_steps(trainer):,}"
+        else:
+            reason = " ".join(str(exception).split()) or type(exception).__name__
+        for tracker in trainer.loggers:
+            if isinstance(tracker, MLflowTracker) and tracker._run_id is not None:  # never start a run here
+                try:
+                    tracker.experiment.set_tag(tracker.run_id, "acorm_pl.failure", reason[:5000])
+                except Exception as err:  # the store may be what failed; the original error matters more
+                    warnings.warn(f"could not tag the MLflow run with its failure: {err}", stacklevel=1)
+
+
+def _env_steps(trainer: pl.Trainer) -> int:
+    return int(getattr(trainer.datamodule, "env_steps", 0)) if trainer.datamodule is not None else 0
+
+
 def run_id_in_checkpoint(path: str | os.PathLike[str]) -> str | None:
-    """The MLflow run id stored by :class:`RunCheckpoint`, read without loading tensors into memory."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return ckpt.get("mlflow_run_id")
+    """The MLflow run id stored by :class:`RunCheckpoint` (tensors are memory-mapped, not read); a bad file
+    raises :class:`ConfigError` (:func:`acorm_pl.checkpoints.read_checkpoint`)."""
+    return read_checkpoint(path).get("mlflow_run_id")

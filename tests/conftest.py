@@ -21,3 +21,12 @@ def _restore_torch_threads(monkeypatch):
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory for CLI runs (their MLflow store ``mlruns.db`` lands there), with
+    ``MLFLOW_TRACKING_URI`` unset."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

@@ -127,7 +127,7 @@ def test_evaluate_command(ckpt, tmp_path, capsys):
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["/nonexistent.ckpt"], "no checkpoint at /nonexistent.ckpt"),
-    (["{ckpt}", "--episodes", "0"], "episodes must be a positive integer, got 0"),
+    (["{ckpt}", "--episodes", "0"], "--episodes: must be a positive integer, got '0'"),
     (["{ckpt}", "--figures", "{tmp}", "--timesteps", "999"], "timesteps [999] are outside the episode"),
     ([], "the following arguments are required: checkpoint"),
 ])

@@ -25,13 +25,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def _client(workdir: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
 

@@ -1,30 +1,28 @@
 """The Google Research Football adapter against the real gfootball engine: shapes, state layout, rewards,
 termination, truncation, fixed player control, workers and a short ``acorm-pl fit``.
 
-Skipped where gfootball is not installed, except under CI (``CI`` or ``ACORM_PL_REQUIRE_FOOTBALL`` set, as
-``.ci/run`` does), where a missing engine fails.
+Skipped where gfootball is not installed (the reason names ``bash scripts/install_football.sh``), except where
+``ACORM_PL_REQUIRE_FOOTBALL=1`` is set (as ``.ci/run`` does), where a missing engine fails: ``engines.py``.
 """
 
 # ruff: noqa: I001  (acorm_pl must be imported before torch: it sets OMP_WAIT_POLICY)
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import acorm_pl  # noqa: F401
 import numpy as np
 import pytest
 import torch
+from engines import FOOTBALL_MISSING, football_available, football_required
 from mlflow.tracking import MlflowClient
 
 from acorm_pl.cli import main
 from acorm_pl.data.rollout import collect_rollout
 from acorm_pl.envs import EnvConfigError, get_env_info, make_vec_env
 
-REQUIRED = bool(os.environ.get("CI") or os.environ.get("ACORM_PL_REQUIRE_FOOTBALL"))
-if importlib.util.find_spec("gfootball") is None and not REQUIRED:
-    pytest.skip("gfootball is not installed (bash scripts/install_football.sh)", allow_module_level=True)
+if not football_available() and not football_required():
+    pytest.skip(FOOTBALL_MISSING, allow_module_level=True)
 
 from acorm_pl.envs.football import FootballEnv, football_env_info  # noqa: E402
 

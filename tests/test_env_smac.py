@@ -311,7 +311,7 @@ def test_evaluation_can_save_replays():
             self.saved += 1
 
     env = Replaying([2, 3], [True, False])
-    data = types.SimpleNamespace(make_env=lambda n, offset: env, n_envs=2, env_steps=0)
+    data = types.SimpleNamespace(make_env=lambda n, offset: env, n_envs=2, env_steps=0, seed=0, rank=0)
     trainer = types.SimpleNamespace(datamodule=data, world_size=1, loggers=[], callback_metrics={})
     Evaluation(n_eval_episodes=2).evaluate(trainer, _FirstAvailable())
     assert env.saved == 0

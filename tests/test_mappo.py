@@ -5,7 +5,6 @@ batches, one implementation shared with ACORM-QMIX, and end-to-end fits (MLflow,
 from __future__ import annotations
 
 import acorm_pl  # noqa: F401
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -217,13 +216,6 @@ TINY_ACORM_MAPPO = [
 ]
 PPO_METRICS = ("train/policy_loss", "train/value_loss", "train/entropy", "train/approx_kl", "train/clip_fraction",
                "train/advantage_mean", "test/win_rate", "test/return_mean", "perf/env_steps_per_s")
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
 
 
 def _optimizer_steps_per_update(ckpt: dict) -> float:

@@ -13,6 +13,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from acorm_pl import __version__
+from acorm_pl.algos.guard import check_state, check_update
+from acorm_pl.checkpoints import CHECKPOINT_FORMAT
 from acorm_pl.envs.base import EnvInfo
 from acorm_pl.errors import require
 from acorm_pl.nets import AgentOutput, agent_inputs
@@ -67,9 +70,11 @@ class MARLModule(pl.LightningModule, abc.ABC):
     def initial_state(self, n_envs: int) -> torch.Tensor:
         return torch.zeros(n_envs, self.info.n_agents, self.hparams.embed_dim, device=self.device)
 
-    def agent_forward(self, inputs: torch.Tensor, h0: torch.Tensor | None = None) -> AgentOutput:
-        """The shared agent network over agent inputs [B, T, N, D] (from hidden state ``h0``)."""
-        return self.agent(inputs, h0)
+    def agent_forward(self, inputs: torch.Tensor, h0: torch.Tensor | None = None,
+                      lengths: torch.Tensor | None = None) -> AgentOutput:
+        """The shared agent network over agent inputs [B, T, N, D] (from hidden state ``h0``; ``lengths`` [B]
+        valid steps per episode, later ones are not computed)."""
+        return self.agent(inputs, h0, lengths)
 
     def on_agent_output(self, out: AgentOutput) -> None:
         """Called with the online agent network's output over every training batch (a hook for subclasses)."""
@@ -116,10 +121,18 @@ class MARLModule(pl.LightningModule, abc.ABC):
         self.log_dict(metrics, on_step=True, on_epoch=False)
         self.log("step", float(self.env_steps), on_step=True, on_epoch=False)
 
+    def check_update(self, optimizers: Any, losses: dict[str, torch.Tensor]) -> None:
+        """Stop the run (:class:`~acorm_pl.errors.DivergenceError`, one line) unless ``losses`` (name ->
+        scalar), the gradients of the ``optimizers``' parameters and those parameters are finite. Call
+        after the backward pass, before clipping and stepping (:mod:`acorm_pl.algos.guard`)."""
+        check_update(self, optimizers if isinstance(optimizers, (list, tuple)) else [optimizers], losses)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_state(self)  # a checkpoint never holds NaN or Inf weights
         cls = type(self)
         checkpoint["acorm_pl"] = {"action_generator": self.action_generator.get_state(),
-                                  "class_path": f"{cls.__module__}.{cls.__qualname__}"}
+                                  "class_path": f"{cls.__module__}.{cls.__qualname__}",
+                                  "format": CHECKPOINT_FORMAT, "package_version": __version__}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("acorm_pl", {})

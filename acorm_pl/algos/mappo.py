@@ -161,11 +161,12 @@ class MAPPO(MARLModule):
     def evaluate(self, batch: EpisodeBatch) -> PolicyEvaluation:
         """Actor and critic over whole episodes: log-probabilities and entropies of the taken actions, values."""
         x = self.inputs(batch.obs, shift_actions(batch.actions))  # [B, T+1, N, D]
-        agents = self.agent_forward(x)
+        lengths = batch.obs_lengths  # padded steps past them cost nothing in the recurrent networks
+        agents = self.agent_forward(x, lengths=lengths)
         avail = batch.avail_actions[:, :-1]
         log_pi = masked_log_softmax(agents.logits[:, :-1], avail)
         taken = log_pi.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
-        values = self.critic(self.critic_inputs(batch, agents))
+        values = self.critic(self.critic_inputs(batch, agents), lengths)
         return PolicyEvaluation(agents, taken, masked_entropy(log_pi, avail), values)
 
     def loss_mask(self, batch: EpisodeBatch) -> torch.Tensor:
@@ -217,6 +218,7 @@ class MAPPO(MARLModule):
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        self.check_update(opts, {"PPO policy loss": policy_loss, "PPO value loss": v_loss, "entropy": entropy})
         for opt in opts:
             if hp.grad_clip_norm > 0:
                 self.clip_gradients(opt, gradient_clip_val=hp.grad_clip_norm, gradient_clip_algorithm="norm")

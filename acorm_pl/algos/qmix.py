@@ -98,10 +98,11 @@ class QMIX(MARLModule):
         """Size of what conditions the mixer's hypernetworks (the state for QMIX)."""
         return self.info.state_dim
 
-    def agent_forward(self, inputs: torch.Tensor, target: bool = False, h0: torch.Tensor | None = None
-                      ) -> AgentOutput:
-        """Per-agent Q values [B, T, N, A] (and embeddings) for agent inputs [B, T, N, D]."""
-        return (self.target_agent if target else self.agent)(inputs, h0)
+    def agent_forward(self, inputs: torch.Tensor, target: bool = False, h0: torch.Tensor | None = None,
+                      lengths: torch.Tensor | None = None) -> AgentOutput:
+        """Per-agent Q values [B, T, N, A] (and embeddings) for agent inputs [B, T, N, D]; with ``lengths`` [B]
+        only each episode's valid steps are computed (the rest are 0)."""
+        return (self.target_agent if target else self.agent)(inputs, h0, lengths)
 
     def mixer_conditioning(self, batch: EpisodeBatch, agents: AgentOutput, target: bool = False) -> torch.Tensor:
         """What the mixer's hypernetworks see at every time step: the raw state for QMIX ([B, T+1, S])."""
@@ -126,11 +127,12 @@ class QMIX(MARLModule):
         """Masked double-Q TD loss of QMIX over a batch of episodes, with summary statistics."""
         hp = self.hparams
         x = self.inputs(batch.obs, shift_actions(batch.actions))  # [B, T+1, N, D]
-        online = self.agent_forward(x)
+        lengths = batch.obs_lengths  # padded steps past them cost nothing in the recurrent encoders
+        online = self.agent_forward(x, lengths=lengths)
         self.on_agent_output(online)
         q = online.q  # [B, T+1, N, A]
         with torch.no_grad():
-            target = self.agent_forward(x, target=True)
+            target = self.agent_forward(x, target=True, lengths=lengths)
             target_q = target.q
         q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # Q_i(o_t, a_t)
         next_values = double_q_next_values(q[:, 1:].detach(), target_q[:, 1:], batch.avail_actions[:, 1:], hp.double_q)
@@ -161,6 +163,7 @@ class QMIX(MARLModule):
         loss, stats = self.td_loss(batch)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        self.check_update(opt, {"TD loss": loss})
         if self.hparams.grad_clip_norm > 0:
             self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip_norm, gradient_clip_algorithm="norm")
         opt.step()

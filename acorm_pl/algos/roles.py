@@ -90,6 +90,10 @@ class ContrastiveRoles:
         # Set before the host's __init__, which builds the networks.
         self._switches = (contrastive, attention, state_encoder)
         super().__init__(**kwargs)  # the host saves these arguments with its own
+        # A single agent has no one to contrast with whatever K is (the paper keeps K = 3 on 1-agent GRF).
+        require(n_clusters <= self.info.n_agents or self.info.n_agents == 1,
+                f"model.n_clusters must not exceed the number of agents ({self.info.n_agents} on this map), "
+                f"got {n_clusters}")
         self.role_clustering: Any = None  # set by the RoleClustering callback when a contrastive step is due
         self.last_embeddings: torch.Tensor | None = None  # e of the latest training forward (detached)
         self.last_attention: torch.Tensor | None = None
@@ -148,7 +152,7 @@ class ContrastiveRoles:
         With ``record`` the attention weights are kept in ``last_attention``."""
         if net is None:
             return batch.state
-        cond, weights = net(batch.state, roles, alive_agents(batch.avail_actions))  # mask [B, T+1, N]
+        cond, weights = net(batch.state, roles, alive_agents(batch.avail_actions), batch.obs_lengths)
         if record:
             self.last_attention = None if weights is None else weights.detach()
         return cond
@@ -177,6 +181,7 @@ class ContrastiveRoles:
         loss, stats = contrastive_role_loss(scores, labels.to(e.device)[valid], alive)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        self.check_update(opt, {"contrastive loss": loss})
         opt.step()
         return {"contrastive_loss": loss.detach(), **stats}
 

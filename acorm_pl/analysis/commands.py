@@ -21,6 +21,33 @@ from acorm_pl.analysis.inspect import save_records
 from acorm_pl.analysis.progress import interval, rich_table
 from acorm_pl.envs.seeds import ANALYSIS_SEED
 from acorm_pl.errors import ConfigError
+from acorm_pl.tracking import check_tracking_store, default_tracking_uri
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _level(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a confidence level in (0, 1), e.g. 0.95, got {text!r}")
+    return value
+
+
+def _check_store(args: argparse.Namespace) -> None:
+    # Before minutes of episodes or bootstrap, not after: an unwritable store would lose them.
+    if not args.no_mlflow:
+        check_tracking_store(args.tracking_uri or default_tracking_uri())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,12 +70,13 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="acorm-pl evaluate", description="Greedy episodes of a checkpoint on its own environment: "
                 "test win rate with a confidence interval and mean return, logged to MLflow as a new run.")
     p.add_argument("checkpoint", help="a checkpoint of acorm-pl fit (e.g. <run artifacts>/checkpoints/last.ckpt)")
-    p.add_argument("--episodes", type=int, default=32, help="greedy episodes (default 32)")
+    p.add_argument("--episodes", type=_positive_int, default=32, help="greedy episodes (default 32)")
     p.add_argument("--seed", type=int, default=ANALYSIS_SEED,
                    help=f"environment copy i is seeded seed + i (default {ANALYSIS_SEED:_}: episodes that no "
                         "training or periodic evaluation played)")
-    p.add_argument("--n-envs", type=int, default=None, help="copies stepped at once (default min(episodes, 16))")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    p.add_argument("--n-envs", type=_positive_int, default=None,
+                   help="copies stepped at once (default min(episodes, 16))")
+    p.add_argument("--confidence", type=_level, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--record", type=Path, default=None,
                    help="write the per-timestep data of every episode (embeddings, roles, clusters, attention, "
                         "health, alive flags, actions) to this file (torch format; acorm_pl.analysis.load_records)")
@@ -69,13 +97,14 @@ def _curves_parser() -> argparse.ArgumentParser:
                    help="experiment to read (default: all experiments of each store)")
     p.add_argument("--metric", default="test/win_rate", help="metric to plot (default test/win_rate)")
     p.add_argument("--group-by", default="name",
-                   help="one line per: name (run name without its -s<seed> suffix), tag:<key> or param:<key>")
+                   help="one line per: name (run name without its -s<seed> suffix), tag:<key> or param:<key>; "
+                        "several comma-separated, e.g. tag:acorm_pl.variant,tag:acorm_pl.map (a sweep's runs)")
     p.add_argument("--groups", nargs="+", default=None, help="groups to plot, in this order (default: all, sorted)")
     p.add_argument("--status", default="FINISHED", help="run status to keep, or 'any' (default FINISHED)")
     p.add_argument("--filter", default="", help="MLflow search filter, e.g. \"params.map_name = '5m_vs_6m'\"")
     p.add_argument("--interval", type=int, default=None,
                    help="env-step grid the evaluations are aligned to (default: the runs' evaluation.eval_interval)")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the band (default 0.95)")
+    p.add_argument("--confidence", type=_level, default=0.95, help="confidence level of the band (default 0.95)")
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--out", type=Path, default=Path("curves"), help="output directory (default ./curves)")
@@ -86,6 +115,7 @@ def _curves_parser() -> argparse.ArgumentParser:
 def evaluate_command(argv: list[str], console: Console) -> None:
     """``acorm-pl evaluate``: see :func:`_evaluate_parser`."""
     args = _evaluate_parser().parse_args(argv)
+    _check_store(args)
     record = args.record is not None or args.figures is not None
     result, records = evaluate_checkpoint(args.checkpoint, args.episodes, args.seed, args.n_envs, record,
                                           args.confidence, progress=True)
@@ -110,6 +140,7 @@ def evaluate_command(argv: list[str], console: Console) -> None:
 def curves_command(argv: list[str], console: Console) -> None:
     """``acorm-pl curves``: see :func:`_curves_parser`."""
     args = _curves_parser().parse_args(argv)
+    _check_store(args)
     status = None if args.status.lower() == "any" else args.status.upper()
     runs = load_runs(args.stores, args.experiment, args.metric, args.group_by, status, args.filter, progress=True)
     curves = learning_curves(runs, args.interval, args.confidence, args.resamples, groups=args.groups, progress=True)

@@ -7,8 +7,9 @@ benchmark writes them), by default only FINISHED ones. A run's curve is its metr
 against the step it was logged at, the env-step count.
 
 Groups (one line each): runs are grouped by ``group_by``: ``name`` (the run name without a trailing seed
-suffix ``-s<seed>``, ``_s<seed>`` or ``-seed<seed>``), ``tag:<key>`` or ``param:<key>``. A run's seed is
-its ``seed`` param (logged by every ``acorm-pl fit``), else the suffix.
+suffix ``-s<seed>``, ``_s<seed>`` or ``-seed<seed>``), ``tag:<key>`` or ``param:<key>``, or several of these
+comma-separated (one group per combination). A run's seed is its ``seed`` param (logged by every
+``acorm-pl fit``), else the suffix.
 
 Alignment: seeds evaluate at slightly different env steps (an evaluation runs after the first collection
 that crosses each multiple of ``eval_interval``, e.g. 10023 and 10037). Every evaluation is moved to the
@@ -101,7 +102,10 @@ def tracking_uris(stores: Sequence[str | Path]) -> list[str]:
 
 
 def group_of(run: Run, group_by: str) -> str:
-    """The group of ``run`` under ``group_by`` (``name``, ``tag:<key>`` or ``param:<key>``)."""
+    """The group of ``run`` under ``group_by`` (``name``, ``tag:<key>`` or ``param:<key>``; several,
+    comma-separated, group by their combination, e.g. a sweep's ``tag:acorm_pl.variant,tag:acorm_pl.map``)."""
+    if "," in group_by:
+        return ", ".join(group_of(run, part.strip()) for part in group_by.split(","))
     if group_by == "name":
         return SEED_SUFFIX.sub("", run.info.run_name or run.info.run_id)
     kind, _, key = group_by.partition(":")

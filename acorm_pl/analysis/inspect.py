@@ -3,7 +3,6 @@ representations, cluster labels, attention weights and unit health (the data beh
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from acorm_pl.algos.base import MARLModule, alive_agents
 from acorm_pl.callbacks.roles import RoleClustering
+from acorm_pl.checkpoints import build_model, read_checkpoint
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.data.rollout import Rollout, collect_rollout
 from acorm_pl.envs import VecEnv, make_vec_env
@@ -132,15 +132,10 @@ def load_records(path: str | Path) -> list[EpisodeRecord]:
             for d in torch.load(path, map_location="cpu", weights_only=True)]
 
 
-def _checked(path: str | Path) -> Path:
-    require(Path(path).is_file(), f"no checkpoint at {path}")
-    return Path(path)
-
-
 def checkpoint_summary(path: str | Path) -> dict[str, Any]:
     """What a checkpoint says about its run without building the model: algorithm class path, env family,
     map, env steps and the MLflow run id (None where not recorded)."""
-    ckpt = torch.load(_checked(path), map_location="cpu", weights_only=False, mmap=True)
+    ckpt = read_checkpoint(path)
     data = ckpt.get("datamodule_hyper_parameters", {})
     return {"class_path": ckpt.get("acorm_pl", {}).get("class_path"), "env": data.get("env", "smax"),
             "map_name": data.get("map_name"), "env_steps": int(ckpt.get("RolloutDataModule", {}).get("env_steps", 0)),
@@ -148,15 +143,11 @@ def checkpoint_summary(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[MARLModule, dict]:
-    """The LightningModule saved in a checkpoint (any acorm-pl algorithm) and the DataModule's settings."""
-    ckpt = torch.load(_checked(path), map_location=map_location, weights_only=False)
-    class_path = ckpt.get("acorm_pl", {}).get("class_path")
-    require(class_path is not None, f"{path} was not written by an acorm-pl algorithm (no acorm_pl.class_path in it)")
-    module_name, _, cls_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # drop CLI bookkeeping
-    model = cls(**hparams)
-    model.load_state_dict(ckpt["state_dict"])
+    """The LightningModule saved in a checkpoint (any acorm-pl algorithm, rebuilt from the checkpoint's own
+    settings) and the DataModule's settings; a file that is not such a checkpoint raises a one-line
+    :class:`~acorm_pl.errors.ConfigError` (:mod:`acorm_pl.checkpoints`)."""
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt, path).to(map_location)
     return model, dict(ckpt.get("datamodule_hyper_parameters", {}))
 
 

@@ -36,6 +36,11 @@ class EpisodeBatch:
     def max_t(self) -> int:
         return self.actions.shape[1]
 
+    @property
+    def obs_lengths(self) -> torch.Tensor:
+        """Observations of each episode [B] (int64): its steps plus the one after the last step."""
+        return self.filled.sum(1).long() + 1
+
     def to(self, device: torch.device | str) -> EpisodeBatch:
         return EpisodeBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
 

@@ -19,9 +19,11 @@ class StateEncoder(RecurrentEncoder):
     def __init__(self, state_dim: int, embed_dim: int = 64):
         super().__init__(state_dim, embed_dim)
 
-    def forward(self, states: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """states [B, T, state_dim] (h0 [B, embed_dim]) -> tau [B, T, embed_dim] and last hidden [B, embed_dim]."""
-        return super().forward(states, h0)
+    def forward(self, states: torch.Tensor, h0: torch.Tensor | None = None, lengths: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """states [B, T, state_dim] (h0 [B, embed_dim], lengths [B] valid steps) -> tau [B, T, embed_dim] and
+        last hidden [B, embed_dim]."""
+        return super().forward(states, h0, lengths)
 
     def initial_state(self, batch: int, device: torch.device) -> torch.Tensor:
         return torch.zeros(batch, self.embed_dim, device=device)
@@ -99,11 +101,13 @@ class AttentionMixerInput(nn.Module):
         return extra + self.state_encoder.embed_dim
 
     def forward(
-        self, states: torch.Tensor, roles: torch.Tensor | None = None, agent_mask: torch.Tensor | None = None
+        self, states: torch.Tensor, roles: torch.Tensor | None = None, agent_mask: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """states [B, T, S], roles [B, T, N, role_dim], agent_mask [B, T, N] -> (cond [B, T, cond_dim],
-        attention weights [B, T, n_heads, N], or None without attention)."""
-        tau, _ = self.state_encoder(states)
+        """states [B, T, S], roles [B, T, N, role_dim], agent_mask [B, T, N], lengths [B] (valid steps; the
+        state GRU skips later ones) -> (cond [B, T, cond_dim], attention weights [B, T, n_heads, N], or None
+        without attention)."""
+        tau, _ = self.state_encoder(states, lengths=lengths)
         if self.attention is None:
             return tau, None
         if roles is None:

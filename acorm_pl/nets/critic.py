@@ -22,9 +22,9 @@ class RecurrentCritic(nn.Module):
         super().__init__()
         self.net = RecurrentQAgent(input_dim, 1, hidden_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, N, D] -> V [B, T, N] (float32)."""
-        return self.net(x).q.squeeze(-1).float()
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, N, D] (lengths [B]: valid steps, later ones are not computed) -> V [B, T, N] (float32)."""
+        return self.net(x, lengths=lengths).q.squeeze(-1).float()
 
 
 class ValueNormalizer(nn.Module):
