@@ -185,6 +185,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str]], None]]] = {
                  lambda argv: _analysis(argv, "evaluate")),
     "curves": ("learning curves over seeds with bootstrap bands and a summary table, from MLflow runs",
                lambda argv: _analysis(argv, "curves")),
+    "results": ("the study's results: export finished sweep trials to docs/results/, regenerate docs/results.md",
+                lambda argv: _analysis(argv, "results")),
     "sweep": ("every trial of a sweep file (variants x seeds x grid) as an acorm-pl fit, scheduled by Ray", _sweep),
 }
 """Every acorm-pl command: name -> (one-line summary for ``acorm-pl --help``, runner of its arguments)."""

@@ -4,6 +4,7 @@ written atomically, and the reason a run failed."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import warnings
 from contextlib import suppress
@@ -55,6 +56,22 @@ def check_tracking_store(uri: str) -> None:
         raise ConfigError(f"cannot write the MLflow store {store} ({err.strerror or err}); {hint}") from err
 
 
+def source_commit() -> str | None:
+    """The git commit of the running acorm_pl source (``-dirty`` appended when tracked files differ from it),
+    or None when the package is not a git checkout: every run records the code it ran."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "acorm_pl", "conf"],
+                               capture_output=True, timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head or None
+
+
 class MLflowTracker(MLFlowLogger):
     """Lightning's MLFlowLogger with acorm-pl's defaults.
 
@@ -75,7 +92,10 @@ class MLflowTracker(MLFlowLogger):
         if artifact_location is None and uri.startswith("sqlite:///"):
             store = Path(uri[len("sqlite:///"):])
             artifact_location = (store.parent / "mlartifacts").resolve().as_uri()
-        tags = {k: str(v) for k, v in tags.items()} if tags else tags  # MLflow tags are strings; YAML reads "0" as 0
+        tags = {k: str(v) for k, v in (tags or {}).items()}  # MLflow tags are strings; YAML reads "0" as 0
+        commit = source_commit()
+        if commit is not None:
+            tags.setdefault("acorm_pl.git_commit", commit)
         super().__init__(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags,
                          artifact_location=artifact_location, run_id=run_id)
 

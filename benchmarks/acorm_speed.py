@@ -1,7 +1,7 @@
 """ACORM's speed and memory side by side in one run, with the machine they ran on.
 
     python benchmarks/acorm_speed.py [--repeats 5] [--threads 1] [--fit-steps 4000] [--baseline-ref GIT_REF]
-                                     [--parts td profile buffer fit]
+                                     [--parts td profile buffer fit gru]
 
 Parts (all by default):
 
@@ -15,6 +15,8 @@ Parts (all by default):
 * ``buffer``: the replay buffer's bytes for 5000 MMM2 episodes of 120 steps: the earlier layout (every episode
   padded to the 180-step limit in float32, by formula) against the step ring in each ``data.buffer_obs_dtype``,
   and the time to sample a batch of 32 episodes.
+* ``gru``: the fixed cost of one GRU step in rows of work (the cost model of the length buckets that skip
+  padded steps, ``acorm_pl.nets.agent.STEP_OVERHEAD_ROWS``).
 * ``fit``: ``acorm-pl fit --config conf/smax/acorm_3s5z.yaml`` (the shipped ACORM-QMIX config on SMAX 3s5z)
   for ``--fit-steps`` env steps, in fp32 (``32-true``) and ``bf16-mixed``, each in its own process: env
   steps/s and TD updates/s over whole collect-and-update cycles, from the first cycle that updates to the
@@ -270,7 +272,7 @@ def main() -> None:
     parser.add_argument("--fit-steps", type=int, default=4000, help="env-step budget of each fit")
     parser.add_argument("--profile-rows", type=int, default=15)
     parser.add_argument("--baseline-ref", help="also measure td and fit on this commit (a temporary worktree)")
-    parser.add_argument("--parts", nargs="+", choices=["td", "profile", "buffer", "fit"],
+    parser.add_argument("--parts", nargs="+", choices=["td", "profile", "buffer", "fit", "gru"],
                         default=["td", "profile", "buffer", "fit"])
     parser.add_argument("--child-td", help=argparse.SUPPRESS)  # JSON path: measure td only, with --root's code
     parser.add_argument("--root", default=str(REPO), help=argparse.SUPPRESS)
@@ -298,6 +300,8 @@ def main() -> None:
                 print(f"  {label:68s} {gib(nbytes):>10s}  {'' if ms is None else f'sample {ms:6.1f} ms'}")
         if "fit" in args.parts:
             report_fit(trees, args, workdir)
+        if "gru" in args.parts:
+            report_gru(args)
 
 
 def report_td(trees: list[tuple[str, Path]], args: argparse.Namespace, workdir: Path) -> None:
@@ -314,6 +318,23 @@ def report_td(trees: list[tuple[str, Path]], args: argparse.Namespace, workdir: 
         ratio = times["fp32"] / times["bf16-mixed"]
         print(f"  {label:18s} fp32 {times['fp32'] * 1000:8.0f} ms   bf16-mixed {times['bf16-mixed'] * 1000:8.0f} ms"
               f"   (bf16 {ratio:.2f}x)")
+
+
+def report_gru(args: argparse.Namespace, rows: tuple[int, ...] = (24, 48, 96, 192, 320), steps: int = 100) -> None:
+    """The cost model of ``acorm_pl.nets.agent.length_buckets``: one GRU step (forward + backward) over R
+    sequences costs a + b R; a / b is the fixed cost in rows (STEP_OVERHEAD_ROWS)."""
+    print(f"\n(vi) nn.GRU forward + backward per step over R sequences ({steps} steps, {args.threads} torch "
+          f"thread(s), median of {args.repeats}); least-squares fit a + b R")
+    for hidden in (64, 128):
+        gru = torch.nn.GRU(hidden, hidden, batch_first=True)
+        per_step = []
+        for r in rows:
+            x = torch.randn(r, steps, hidden, requires_grad=True)
+            per_step.append(median_seconds(lambda: gru(x)[0].sum().backward(), args.repeats) / steps)
+        b, a = torch.linalg.lstsq(torch.tensor([[float(r), 1.0] for r in rows]),
+                                  torch.tensor(per_step).unsqueeze(1)).solution.squeeze(1).tolist()
+        cells = "  ".join(f"R={r}: {t * 1e6:5.0f} us" for r, t in zip(rows, per_step))
+        print(f"  embed {hidden:3d}: {cells}   a = {a * 1e6:.0f} us, b = {b * 1e6:.2f} us/row, a/b = {a / b:.0f} rows")
 
 
 def report_fit(trees: list[tuple[str, Path]], args: argparse.Namespace, workdir: Path) -> None:

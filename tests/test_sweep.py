@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from acorm_pl.cli import main
 from acorm_pl.sweep import load_sweep
 from acorm_pl.sweep.runner import checkpoint_env_steps, latest_checkpoint
+from acorm_pl.tracking import source_commit
 from cli_errors import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +109,7 @@ def test_smoke_sweep_runs_every_trial_into_one_experiment(smoke):
         assert tags["acorm_pl.sweep"] == "smoke" and tags["acorm_pl.trial"] == run.info.run_name
         assert (tags["acorm_pl.variant"], tags["acorm_pl.map"], tags["acorm_pl.grid.map"]) == (variant, "3m", "3m")
         assert tags["acorm_pl.seed"] == run.data.params["seed"] == seed[1:]
+        assert tags.get("acorm_pl.git_commit") == source_commit()  # the code each run ran
     # two trials at a time on two CPUs, never more
     spans = [(a["started"], a["ended"]) for t in TRIALS for a in _attempts(smoke["dir"], t)]
     overlap = max(sum(s <= t < e for s, e in spans) for t, _ in spans)

@@ -61,6 +61,7 @@ def test_skipping_padded_steps_keeps_loss_and_gradients(cls, kwargs, monkeypatch
     model = cls(env_info=INFO.as_dict(), **kwargs)
     batch = _mixed_batch()
     n_seq = batch.batch_size * INFO.n_agents
+    monkeypatch.setattr(agent_nets, "STEP_OVERHEAD_ROWS", 0)  # group even this small batch
     assert length_buckets(batch.obs_lengths.repeat_interleave(INFO.n_agents), batch.max_t + 1) is not None
     loss, grads = _loss_and_grads(model, batch)
     monkeypatch.setattr(agent_nets, "length_buckets", lambda *args, **kw: None)  # every step, as before
@@ -72,8 +73,9 @@ def test_skipping_padded_steps_keeps_loss_and_gradients(cls, kwargs, monkeypatch
         assert torch.allclose(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6), name
 
 
-def test_bucketed_encoder_matches_the_padded_one_on_valid_steps():
+def test_bucketed_encoder_matches_the_padded_one_on_valid_steps(monkeypatch):
     torch.manual_seed(0)
+    monkeypatch.setattr(agent_nets, "STEP_OVERHEAD_ROWS", 0)
     enc = RecurrentEncoder(5, 8)
     x, lengths = torch.randn(64, 30, 5), torch.randint(1, 31, (64,))
     out, last = enc(x, lengths=lengths)
@@ -99,3 +101,20 @@ def test_gru_runs_in_bf16_under_autocast_and_trains_float32_weights():
     assert enc.gru.weight_hh_l0.grad.dtype == torch.float32 and enc.gru.weight_hh_l0.grad.abs().sum() > 0
     ref, _ = enc(x)
     assert torch.allclose(out.float(), ref, atol=5e-2)  # bf16 keeps ~3 significant digits
+
+
+def test_length_buckets_pay_for_the_fixed_cost_of_a_gru_step():
+    g = torch.Generator().manual_seed(0)
+    # QMIX on 3m: 32 episodes x 3 agents of 20..60 steps. Four groups of 24 rows would run 4 shorter GRUs whose
+    # fixed per-step cost outweighs the skipped padding: one call.
+    small = torch.randint(20, 61, (32,), generator=g).repeat_interleave(3)
+    small[0] = 60
+    assert length_buckets(small, 60) is None
+    # ACORM on 3s5z: 32 episodes x 8 agents, half of them short: grouping skips most of the padding.
+    large = torch.cat([torch.randint(25, 41, (16,), generator=g), torch.randint(120, 151, (16,), generator=g)])
+    large[-1] = 150
+    groups = length_buckets(large.repeat_interleave(8), 150)
+    assert groups is not None
+    cost = sum(int(large.repeat_interleave(8)[i].max()) * (len(i) + agent_nets.STEP_OVERHEAD_ROWS) for i in groups)
+    assert cost <= 0.85 * 150 * (256 + agent_nets.STEP_OVERHEAD_ROWS)
+    assert sorted(torch.cat(groups).tolist()) == list(range(256))  # every sequence exactly once

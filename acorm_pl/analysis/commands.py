@@ -1,7 +1,8 @@
-"""``acorm-pl evaluate`` and ``acorm-pl curves``: the analysis commands next to LightningCLI's ``fit``.
+"""``acorm-pl evaluate``, ``acorm-pl curves`` and ``acorm-pl results``: the analysis commands next to ``fit``.
 
     acorm-pl evaluate <run artifacts>/checkpoints/last.ckpt --episodes 64 --figures figures/
     acorm-pl curves bench_runs/ --experiment learning-ablation --out curves/
+    acorm-pl results export sweeps/study_mappo_smax --arm mappo && acorm-pl results report
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from acorm_pl.analysis.evaluate import evaluate_checkpoint, log_analysis_run, lo
 from acorm_pl.analysis.figures import write_episode_figures
 from acorm_pl.analysis.inspect import save_records
 from acorm_pl.analysis.progress import interval, rich_table
+from acorm_pl.analysis.report import write_report
+from acorm_pl.analysis.study import ARMS, RESULTS_DIR, export_sweep
 from acorm_pl.envs.seeds import ANALYSIS_SEED
-from acorm_pl.errors import ConfigError
+from acorm_pl.errors import ConfigError, require
 from acorm_pl.tracking import check_tracking_store, default_tracking_uri
 
 
@@ -112,6 +115,38 @@ def _curves_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _results_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="acorm-pl results", description="The study's results in the repository: export finished sweep "
+                "trials to docs/results/ (one CSV of evaluations, the resolved config and the run's facts per run), "
+                "and regenerate docs/results.md and its figures from there.")
+    sub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    export = sub.add_parser("export", help="write a sweep's FINISHED trials to <results>/<arm>/<map>/")
+    export.add_argument("sweep_dir", type=Path, help="the sweep directory (holding mlruns.db)")
+    export.add_argument("--arm", required=True, choices=ARMS, help="which arm of the study the sweep belongs to")
+    export.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"results root (default {RESULTS_DIR})")
+    report = sub.add_parser("report", help="regenerate docs/results.md and docs/gallery/study/ from the results")
+    report.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"results root (default {RESULTS_DIR})")
+    report.add_argument("--out", type=Path, default=Path("docs/results.md"), help="report (default docs/results.md)")
+    report.add_argument("--figures", type=Path, default=Path("docs/gallery/study"),
+                        help="figure directory (default docs/gallery/study)")
+    report.add_argument("--confidence", type=_level, default=0.95, help="confidence level (default 0.95)")
+    return p
+
+
+def results_command(argv: list[str], console: Console) -> None:
+    """``acorm-pl results export|report``: see :func:`_results_parser`."""
+    args = _results_parser().parse_args(argv)
+    if args.action == "export":
+        written, skipped = export_sweep(args.sweep_dir, args.arm, args.results)
+        console.print(f"exported {len(written) // 3} runs to {args.results / args.arm}")
+        if skipped:
+            console.print(f"not finished, left out: {', '.join(skipped)}")
+        return
+    require(args.results.is_dir(), f"no results directory at {args.results} (acorm-pl results export first)")
+    paths = write_report(args.results, args.out, args.figures, args.confidence)
+    console.print(f"written: {', '.join(str(p) for p in paths)}")
+
+
 def evaluate_command(argv: list[str], console: Console) -> None:
     """``acorm-pl evaluate``: see :func:`_evaluate_parser`."""
     args = _evaluate_parser().parse_args(argv)
@@ -164,6 +199,6 @@ def curves_command(argv: list[str], console: Console) -> None:
 
 
 def run_command(argv: list[str]) -> None:
-    """Run the analysis command ``argv[0]`` (``evaluate`` or ``curves``) with the arguments that follow."""
+    """Run the analysis command ``argv[0]`` (``evaluate``, ``curves`` or ``results``) with the arguments that follow."""
     console = Console()
-    {"evaluate": evaluate_command, "curves": curves_command}[argv[0]](argv[1:], console)
+    {"evaluate": evaluate_command, "curves": curves_command, "results": results_command}[argv[0]](argv[1:], console)

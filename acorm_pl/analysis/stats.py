@@ -93,3 +93,18 @@ def area_under_curve(steps: Sequence[float] | np.ndarray, values: Sequence[float
     if x.size == 1 or x[-1] == x[0]:
         return float(y.mean())
     return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2 / (x[-1] - x[0]))
+
+
+def bootstrap_diff_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95,
+                      n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of mean(a) - mean(b) for two independent samples (e.g. one
+    final win rate per seed of two variants), each resampled with replacement on its own."""
+    _check(confidence, n_resamples)
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    require(x.size >= 1 and y.size >= 1 and not (np.isnan(x).any() or np.isnan(y).any()),
+            "bootstrap_diff_ci needs at least one value on each side and no NaN")
+    rng = np.random.default_rng(seed)
+    diffs = (x[rng.integers(0, x.size, (n_resamples, x.size))].mean(1)
+             - y[rng.integers(0, y.size, (n_resamples, y.size))].mean(1))
+    low, high = np.percentile(diffs, [50 * (1 - confidence), 50 * (1 + confidence)])
+    return float(low), float(high)

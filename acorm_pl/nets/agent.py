@@ -35,20 +35,32 @@ def shift_actions(actions: torch.Tensor) -> torch.Tensor:
     return torch.cat([first, actions], dim=1)
 
 
+# The fixed cost of one GRU step (forward and backward, one CPU thread) in rows of work: a step over R sequences
+# costs about R + 20 rows' work (measured 10-40 rows at embed dims 128-64: benchmarks/acorm_speed.py --parts gru).
+STEP_OVERHEAD_ROWS = 20
+
+
 def length_buckets(lengths: torch.Tensor, steps: int, max_buckets: int = 4, min_saving: float = 0.15
                    ) -> list[torch.Tensor] | None:
     """Sequence indices grouped by length so each group runs only to its own longest sequence, or None when
-    that would save less than ``min_saving`` of the ``steps``-long padded work.
+    no grouping saves at least ``min_saving`` of the ``steps``-long padded GRU's cost.
 
-    ``lengths`` [S] (CPU, int64) are the valid steps of each sequence. The groups are the length-sorted order
-    cut into up to ``max_buckets`` equal parts: few enough that every GRU call still multiplies a tall
-    matrix (PyTorch's packed sequences, which shrink the batch at every step, measured 3.5x slower on CPU).
+    ``lengths`` [S] (CPU, int64) are the valid steps of each sequence. The candidates are the length-sorted
+    order cut into 2..``max_buckets`` equal parts; each is costed as sum over groups of longest length x
+    (rows + :data:`STEP_OVERHEAD_ROWS`), since a GRU step has a fixed cost that small groups pay as often as
+    large ones (why PyTorch's packed sequences, which shrink the batch at every step, ran 3.5x slower on CPU,
+    and why small batches of short sequences gain nothing from grouping).
     """
     n = lengths.numel()
-    k = max(1, min(max_buckets, n // 16))
-    groups = torch.argsort(lengths, stable=True).tensor_split(k)
-    work = sum(int(lengths[g].max()) * g.numel() for g in groups if g.numel())
-    return groups if work <= (1.0 - min_saving) * steps * n else None
+    order = torch.argsort(lengths, stable=True)
+    padded = steps * (n + STEP_OVERHEAD_ROWS)
+    best, best_cost = None, float(padded)
+    for k in range(2, min(max_buckets, n) + 1):
+        groups = order.tensor_split(k)
+        cost = sum(int(lengths[g].max()) * (g.numel() + STEP_OVERHEAD_ROWS) for g in groups if g.numel())
+        if cost < best_cost:
+            best, best_cost = groups, cost
+    return best if best_cost <= (1.0 - min_saving) * padded else None
 
 
 class RecurrentEncoder(nn.Module):

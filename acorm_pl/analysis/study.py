@@ -1,0 +1,166 @@
+"""The study's results as files in the repository: each finished sweep trial exported from its MLflow store to
+one CSV of evaluations, its resolved config and a JSON of facts (budget, update ratio, wall time, commit), under
+``docs/results/<arm>/<map>/``; and read back from there for the report (:mod:`acorm_pl.analysis.report`).
+
+    acorm-pl results export sweeps/study_mappo_smax --arm mappo     # -> docs/results/mappo/<map>/...
+    acorm-pl results report                                          # -> docs/results.md, docs/gallery/study/
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import yaml
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from acorm_pl.errors import require
+from acorm_pl.sweep.runner import TAG
+from acorm_pl.sweep.status import main_run
+
+RESULTS_DIR = Path("docs/results")
+COLUMNS = ("map", "variant", "seed", "env_step", "test_win_rate", "test_return_mean", "test_ep_length_mean",
+           "wall_time_s")
+METRICS = {"test_win_rate": "test/win_rate", "test_return_mean": "test/return_mean",
+           "test_ep_length_mean": "test/ep_length_mean"}
+ARMS = ("qmix", "mappo")
+
+
+@dataclass
+class StudyRun:
+    """One trial of the study as read back from ``docs/results``."""
+
+    arm: str
+    map: str
+    variant: str
+    seed: int
+    env_steps: np.ndarray  # [E] env steps of the evaluations
+    win_rate: np.ndarray  # [E] test win rate of each evaluation
+    return_mean: np.ndarray  # [E]
+    facts: dict[str, Any]  # the run's JSON: budget, update ratio, wall time, commit, ...
+
+
+def run_stem(variant: str, seed: int) -> str:
+    """File name (without suffix) of a run's files within its map directory."""
+    return f"{variant}_s{seed}"
+
+
+def _artifact_text(client: MlflowClient, run: Run, name: str) -> str | None:
+    parsed = urlparse(run.info.artifact_uri)
+    if parsed.scheme in ("", "file"):  # the sweep's artifacts are written in place: read them there
+        path = Path(unquote(parsed.path)) / name
+        return path.read_text() if path.is_file() else None
+    try:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(run.info.run_id, name, tmp)).read_text()
+    except Exception:  # a store without the artifact: the export says so in the facts
+        return None
+
+
+def _git_commit(directory: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _history(client: MlflowClient, run_id: str, metric: str) -> dict[int, tuple[float, int]]:
+    """step -> (value, timestamp ms) of ``metric``, the later value where a step was logged twice (a resumed
+    run repeats the evaluation it was interrupted after)."""
+    points: dict[int, tuple[float, int]] = {}
+    for m in sorted(client.get_metric_history(run_id, metric), key=lambda m: (m.step, m.timestamp)):
+        points[int(m.step)] = (float(m.value), int(m.timestamp))
+    return points
+
+
+def run_facts(run: Run, config: dict[str, Any], commit: str | None) -> dict[str, Any]:
+    """What a reader needs to judge a run: budget, update ratio, evaluation protocol, wall time, speed."""
+    data, model = config.get("data") or {}, (config.get("model") or {})
+    evaluation = config.get("evaluation") or {}
+    tags, metrics = run.data.tags, run.data.metrics
+    wall = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000
+    return {
+        "arm_host": model.get("class_path", "").rsplit(".", 1)[-1],
+        "sweep": tags.get(f"{TAG}sweep"), "trial": tags.get(f"{TAG}trial"), "mlflow_run_id": run.info.run_id,
+        "status": run.info.status, "commit": tags.get(f"{TAG}git_commit") or commit,
+        "total_env_steps": data.get("total_env_steps"), "n_envs": data.get("n_envs"),
+        "batch_size": data.get("batch_size"), "updates_per_collect": data.get("updates_per_collect"),
+        "eval_interval": evaluation.get("eval_interval"), "n_eval_episodes": evaluation.get("n_eval_episodes"),
+        "wall_time_s": round(wall, 1), "env_steps_per_s": metrics.get("perf/env_steps_per_s"),
+    }
+
+
+def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
+                 client: MlflowClient | None = None) -> tuple[list[Path], list[str]]:
+    """Write every FINISHED trial of the sweep in ``sweep_dir`` (its ``mlruns.db``) to
+    ``out/<arm>/<map>/<variant>_s<seed>.{csv,yaml,json}``. Returns the files written and the trials left out
+    (not finished yet) with their status."""
+    require(arm in ARMS, f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
+    sweep_dir = Path(sweep_dir)
+    db = sweep_dir / "mlruns.db"
+    require(client is not None or db.is_file(), f"no sweep store at {db} (run acorm-pl sweep first)")
+    client = client or MlflowClient(tracking_uri=f"sqlite:///{db.resolve()}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.`{TAG}sweep` != ''", max_results=50_000)
+    by_trial: dict[str, list[Run]] = {}
+    for r in runs:
+        by_trial.setdefault(r.data.tags.get(f"{TAG}trial", ""), []).append(r)
+    commit = _git_commit(sweep_dir)
+    written, skipped = [], []
+    for trial, trial_runs in sorted(by_trial.items()):
+        run = main_run(trial_runs)
+        if run is None or run.info.status != "FINISHED":
+            skipped.append(f"{trial} ({run.info.status if run else 'no run'})")
+            continue
+        tags = run.data.tags
+        map_name, variant, seed = tags.get(f"{TAG}map", "unknown"), tags[f"{TAG}variant"], int(tags[f"{TAG}seed"])
+        config_text = _artifact_text(client, run, "config.yaml") or ""
+        histories = {col: _history(client, run.info.run_id, name) for col, name in METRICS.items()}
+        steps = sorted(histories["test_win_rate"])
+        require(bool(steps), f"trial {trial} finished without a test/win_rate")
+        start = run.info.start_time or 0
+        target = Path(out) / arm / map_name
+        target.mkdir(parents=True, exist_ok=True)
+        stem = target / run_stem(variant, seed)
+        with stem.with_suffix(".csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for s in steps:
+                values = [histories[c].get(s, (float("nan"), 0))[0] for c in METRICS]
+                w.writerow([map_name, variant, seed, s, *(f"{v:.6g}" for v in values),
+                            round((histories["test_win_rate"][s][1] - start) / 1000, 1)])
+        stem.with_suffix(".yaml").write_text(config_text)
+        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit)
+        stem.with_suffix(".json").write_text(json.dumps(facts, indent=1) + "\n")
+        written += [stem.with_suffix(s) for s in (".csv", ".yaml", ".json")]
+    return written, skipped
+
+
+def load_results(root: str | Path = RESULTS_DIR) -> list[StudyRun]:
+    """Every exported run under ``root`` (``<arm>/<map>/<variant>_s<seed>.csv`` with its JSON beside it)."""
+    runs = []
+    for path in sorted(Path(root).glob("*/*/*.csv")):
+        arm = path.parent.parent.name
+        if arm not in ARMS:
+            continue
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        require(bool(rows) and set(COLUMNS) <= set(rows[0]), f"{path}: expected the columns {', '.join(COLUMNS)}")
+        facts_path = path.with_suffix(".json")
+        facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
+        runs.append(StudyRun(arm, rows[0]["map"], rows[0]["variant"], int(rows[0]["seed"]),
+                             np.array([int(r["env_step"]) for r in rows]),
+                             np.array([float(r["test_win_rate"]) for r in rows]),
+                             np.array([float(r["test_return_mean"]) for r in rows]), facts))
+    return runs

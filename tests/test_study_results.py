@@ -1,0 +1,132 @@
+"""The study's results pipeline: a sweep's finished MLflow runs exported to CSV/YAML/JSON under docs/results, the
+report's statistics computed from them by hand, and both commands driven through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from acorm_pl.analysis.report import cells, comparison, final_value, value_at
+from acorm_pl.analysis.stats import bootstrap_diff_ci
+from acorm_pl.analysis.study import COLUMNS, StudyRun, load_results
+from acorm_pl.cli import main
+from cli_errors import assert_one_line_error
+
+STEPS = [0, 10_240, 20_480, 30_720, 40_960, 51_200, 61_440, 71_680, 81_920, 92_160, 102_400]
+
+
+def _fake_sweep(sweep_dir, finals: dict[tuple[str, int], float]) -> MlflowClient:
+    """A sweep store like ``acorm-pl sweep`` leaves: one run per (variant, seed) with the sweep's tags, a
+    test/win_rate ramp to ``final``, test/return_mean and a config.yaml artifact; plus one unfinished run."""
+    sweep_dir.mkdir()
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep_dir / 'mlruns.db'}")
+    exp = client.create_experiment("study", artifact_location=(sweep_dir / "mlartifacts").as_uri())
+    config = {"data": {"map_name": "3s5z", "total_env_steps": 100_000, "n_envs": 8, "batch_size": 32,
+                       "updates_per_collect": 1},
+              "evaluation": {"eval_interval": 10_000, "n_eval_episodes": 32},
+              "model": {"class_path": "acorm_pl.algos.MAPPO"}}
+    for (variant, seed), final in finals.items():
+        run = client.create_run(exp, run_name=f"{variant}-3s5z-s{seed}", start_time=1_000_000, tags={
+            "acorm_pl.sweep": "study", "acorm_pl.trial": f"{variant}-3s5z-s{seed}", "acorm_pl.variant": variant,
+            "acorm_pl.seed": str(seed), "acorm_pl.map": "3s5z", "acorm_pl.git_commit": "abc123def456"})
+        rid = run.info.run_id
+        for i, step in enumerate(STEPS):
+            value = final * i / (len(STEPS) - 1)
+            client.log_metric(rid, "test/win_rate", value, timestamp=1_000_000 + 1000 * (i + 1), step=step)
+            client.log_metric(rid, "test/return_mean", 20 * value, timestamp=1_000_000 + 1000 * (i + 1), step=step)
+            client.log_metric(rid, "test/ep_length_mean", 60.0, timestamp=1_000_000 + 1000 * (i + 1), step=step)
+        client.log_metric(rid, "perf/env_steps_per_s", 750.0, step=STEPS[-1])
+        client.log_text(rid, yaml.safe_dump(config), "config.yaml")
+        client.set_terminated(rid, "FINISHED", end_time=1_000_000 + 120_000)
+    unfinished = client.create_run(exp, run_name="MAPPO-3s5z-s9", tags={
+        "acorm_pl.sweep": "study", "acorm_pl.trial": "MAPPO-3s5z-s9", "acorm_pl.variant": "MAPPO",
+        "acorm_pl.seed": "9", "acorm_pl.map": "3s5z"})
+    client.log_metric(unfinished.info.run_id, "test/win_rate", 0.5, step=10_240)
+    return client
+
+
+@pytest.fixture
+def exported(workdir, capsys):
+    finals = {("MAPPO", 0): 0.5, ("MAPPO", 1): 0.6, ("MAPPO", 2): 0.7,
+              ("ACORM-MAPPO", 0): 0.8, ("ACORM-MAPPO", 1): 0.9, ("ACORM-MAPPO", 2): 1.0}
+    _fake_sweep(workdir / "sweep", finals)
+    main(["results", "export", "sweep", "--arm", "mappo", "--results", "results"])
+    out = capsys.readouterr().out
+    assert "exported 6 runs" in out and "MAPPO-3s5z-s9 (RUNNING)" in out
+    return workdir / "results", finals
+
+
+def test_export_writes_one_csv_config_and_facts_per_finished_run(exported):
+    root, finals = exported
+    files = sorted(p.name for p in (root / "mappo" / "3s5z").iterdir())
+    assert files == sorted(f"{v}_s{s}.{ext}" for v, s in finals for ext in ("csv", "json", "yaml"))
+    with (root / "mappo" / "3s5z" / "MAPPO_s1.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == COLUMNS
+    assert [int(r["env_step"]) for r in rows] == STEPS
+    assert float(rows[-1]["test_win_rate"]) == pytest.approx(0.6)
+    assert float(rows[-1]["test_return_mean"]) == pytest.approx(12.0)
+    assert float(rows[0]["wall_time_s"]) == pytest.approx(1.0) and float(rows[-1]["wall_time_s"]) == pytest.approx(11)
+    facts = json.loads((root / "mappo" / "3s5z" / "MAPPO_s1.json").read_text())
+    assert facts["commit"] == "abc123def456" and facts["wall_time_s"] == 120.0
+    assert facts["updates_per_collect"] == 1 and facts["total_env_steps"] == 100_000
+    assert facts["env_steps_per_s"] == 750.0 and facts["eval_interval"] == 10_000
+    config = yaml.safe_load((root / "mappo" / "3s5z" / "MAPPO_s1.yaml").read_text())
+    assert config["data"]["map_name"] == "3s5z"
+
+
+def test_report_statistics_by_hand(exported):
+    root, finals = exported
+    runs = load_results(root)
+    assert len(runs) == 6
+    by = {(c.variant): c for c in cells(runs, n_resamples=2000)}
+    mappo = by["MAPPO"]
+    # final = mean of the last five evaluations: ramp i/10 * final for i = 6..10 -> 0.8 * final
+    assert mappo.final == pytest.approx([0.8 * 0.5, 0.8 * 0.6, 0.8 * 0.7])
+    # AUC of a linear ramp from 0 to final is final / 2 (the env steps are evenly spaced)
+    assert mappo.auc == pytest.approx([0.25, 0.3, 0.35])
+    mean, low, high, n = mappo.marks[100_000]  # nearest evaluation: 102,400 (within 5,120) -> the last value
+    assert mean == pytest.approx(0.6) and n == 3 and low <= 0.6 <= high
+    assert 100_000 in mappo.marks and 250_000 not in mappo.marks  # no mark past the budget
+    line = comparison(by["ACORM-MAPPO"], mappo, n_resamples=2000)
+    assert "ACORM-MAPPO ends higher than MAPPO" in line and "difference +0.24" in line and "disjoint" in line
+
+
+def test_value_at_and_final_value():
+    run = StudyRun("mappo", "3s5z", "MAPPO", 0, np.array([0, 10_000, 20_000, 30_000]),
+                   np.array([0.0, 0.1, 0.2, 0.4]), np.zeros(4), {})
+    assert value_at(run, 10_000) == pytest.approx(0.1)
+    assert value_at(run, 24_000) == pytest.approx(0.2)  # within half an interval
+    assert np.isnan(value_at(run, 100_000))  # the run never got there
+    assert final_value(run, last=2) == pytest.approx(0.3)
+
+
+def test_bootstrap_diff_ci():
+    low, high = bootstrap_diff_ci([1.0, 1.0, 1.0], [0.0, 0.0], n_resamples=500)
+    assert low == high == 1.0
+    low, high = bootstrap_diff_ci([0.0, 1.0], [0.0, 1.0], n_resamples=2000)
+    assert low == pytest.approx(-1.0) and high == pytest.approx(1.0)
+    low, high = bootstrap_diff_ci([0.4, 0.5, 0.6], [0.1, 0.2, 0.3], n_resamples=2000)
+    assert 0.1 < low < 0.3 < high < 0.5
+
+
+def test_report_written_through_the_cli(exported, capsys):
+    root, _ = exported
+    (root / "notes.md").write_text("## What the data support\n\nA hand-written paragraph.\n")
+    main(["results", "report", "--results", str(root), "--out", "docs/results.md", "--figures", "docs/study"])
+    text = (root.parent / "docs" / "results.md").read_text()
+    assert "### SMAX 3s5z" in text and "A hand-written paragraph." in text
+    assert "![mappo 3s5z](study/mappo_3s5z.png)" in text and (root.parent / "docs/study/mappo_3s5z.png").is_file()
+    assert "| MAPPO | 3 | 0.60 [" in text  # the 100k mark over three seeds
+    assert "Mava IPPO / MAPPO: ~1.0 / 0.97" in text  # the published figures for the map
+
+
+def test_results_bad_input_is_one_line(workdir, capsys):
+    assert_one_line_error(["results", "export", "nowhere", "--arm", "mappo"], capsys, "no sweep store at nowhere")
+    assert_one_line_error(["results", "export", "nowhere", "--arm", "vdn"], capsys, "invalid choice: 'vdn'")
+    assert_one_line_error(["results", "report", "--results", "nothing"], capsys, "no results directory at nothing")
