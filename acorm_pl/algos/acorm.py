@@ -4,7 +4,8 @@ The role encoders, the contrastive step and the state attention live in :mod:`ac
 (used unchanged by ACORM-MAPPO); here they are wired into value decomposition: Q_i from [e, z]
 (Fig. 1b) and [tau_mha, tau] conditioning the QMIX hypernetworks (Fig. 1d), with target copies of the
 state input. All three switches off builds exactly the networks of :class:`~acorm_pl.algos.QMIX` (the
-same code path, not a copy).
+same code path, not a copy). ``mixer: qplex`` (or ``vdn``, with the state input off) puts the same roles on
+another mixer: ACORM-QPLEX, ACORM-VDN.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from acorm_pl.algos.base import alive_agents
 from acorm_pl.algos.qmix import QMIX
 from acorm_pl.algos.roles import ContrastiveRoles
 from acorm_pl.data.episode_buffer import EpisodeBatch
+from acorm_pl.errors import require
 from acorm_pl.nets import AgentOutput
 from acorm_pl.nets.attention import AttentionMixerInput
+from acorm_pl.nets.mixers import mixer_class
 
 __all__ = ["ACORM", "alive_agents"]
 
@@ -43,6 +46,11 @@ class ACORM(ContrastiveRoles, QMIX):
 
     # ---- networks ----------------------------------------------------------------------------------------
     def build_networks(self) -> None:
+        _, _, state_encoder = self._switches
+        mixer = self.hparams.mixer
+        require(mixer_class(mixer).uses_conditioning or not state_encoder,
+                f"model.mixer {mixer} ignores the mixer conditioning, so ACORM's state encoder and attention would "
+                "never be trained: set model.state_encoder false and model.attention false with it")
         self.build_role_head()
         self.mixer_input: AttentionMixerInput | None = self.build_state_input()
         super().build_networks()  # the agent and the mixer, through build_agent and mixer_cond_dim

@@ -16,8 +16,9 @@ from torch import nn
 from acorm_pl.algos.base import MARLModule
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.errors import require
-from acorm_pl.losses import double_q_next_values, epsilon_greedy, masked_td_loss, td_lambda_targets, td_targets
-from acorm_pl.nets import AgentOutput, QMixer, RecurrentQAgent, shift_actions
+from acorm_pl.losses import epsilon_greedy, greedy_actions, masked_td_loss, td_lambda_targets, td_targets
+from acorm_pl.nets import AgentOutput, RecurrentQAgent, shift_actions
+from acorm_pl.nets.mixers import Mixer, build_mixer, mixer_class
 
 
 class QMIX(MARLModule):
@@ -28,6 +29,8 @@ class QMIX(MARLModule):
         embed_dim: agent GRU hidden size.
         add_last_action: feed a_{t-1} (one-hot) to the agent network.
         add_agent_id: feed a one-hot agent index to the agent network.
+        mixer: the value-decomposition mixer: ``qmix`` (monotonic hypernetwork mixer), ``vdn`` (sum),
+            ``qplex`` (duplex dueling), or the import path of a :class:`~acorm_pl.nets.mixers.Mixer` subclass.
         mixing_embed_dim: mixer hidden size (32 in QMIX).
         hypernet_embed: hypernetwork hidden size.
         hypernet_layers: 1 or 2 layers in the weight hypernetworks.
@@ -51,6 +54,7 @@ class QMIX(MARLModule):
         embed_dim: int = 64,
         add_last_action: bool = True,
         add_agent_id: bool = True,
+        mixer: str = "qmix",
         mixing_embed_dim: int = 32,
         hypernet_embed: int = 64,
         hypernet_layers: int = 2,
@@ -76,6 +80,7 @@ class QMIX(MARLModule):
                 f"model.target_update_interval must be >= 1, got {target_update_interval}")
         require(embed_dim >= 1 and mixing_embed_dim >= 1, "model.embed_dim and model.mixing_embed_dim must be >= 1")
         require(hypernet_layers in (1, 2), f"model.hypernet_layers must be 1 or 2, got {hypernet_layers}")
+        mixer_class(mixer)  # a bad name fails here, in one line
         self.save_hyperparameters()
         self.build_networks()
         self.target_agent = self._frozen_copy(self.agent)
@@ -85,10 +90,15 @@ class QMIX(MARLModule):
     # ---- networks (hooks for subclasses) -------------------------------------------------------------
     def build_networks(self) -> None:
         """Create ``self.agent`` and ``self.mixer`` (everything that gets a target copy)."""
-        hp = self.hparams
         self.agent = self.build_agent()
-        self.mixer = QMixer(self.info.n_agents, self.mixer_cond_dim(), hp.mixing_embed_dim, hp.hypernet_embed,
-                            hp.hypernet_layers)
+        self.mixer = self.build_mixer(self.mixer_cond_dim())
+
+    def build_mixer(self, cond_dim: int) -> Mixer:
+        """The mixer named by ``model.mixer``, conditioned on vectors of size ``cond_dim``."""
+        hp = self.hparams
+        return build_mixer(hp.mixer, self.info.n_agents, self.info.n_actions, cond_dim,
+                           embed_dim=hp.mixing_embed_dim, hypernet_embed=hp.hypernet_embed,
+                           hypernet_layers=hp.hypernet_layers)
 
     def build_agent(self) -> nn.Module:
         """The individual Q-network shared by all agents."""
@@ -107,6 +117,20 @@ class QMIX(MARLModule):
     def mixer_conditioning(self, batch: EpisodeBatch, agents: AgentOutput, target: bool = False) -> torch.Tensor:
         """What the mixer's hypernetworks see at every time step: the raw state for QMIX ([B, T+1, S])."""
         return batch.state
+
+    def mix(self, q: torch.Tensor, actions: torch.Tensor, avail: torch.Tensor, cond: torch.Tensor,
+            target: bool = False) -> torch.Tensor:
+        """Q_tot [B, T] of the agents' Q-values q [B, T, N, A] at ``actions`` [B, T, N] (the online or target
+        mixer), given the available actions [B, T, N, A] and the mixer conditioning [B, T, C]."""
+        mixer = self.target_mixer if target else self.mixer
+        chosen = q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # Q_i(tau_i, a_i)
+        if not mixer.uses_advantages:
+            return mixer(chosen, cond)
+        # V_i = max over available actions, as a fixed baseline of the advantage (QPLEX's learner detaches it
+        # too); a padded step with no available action gets V_i = Q_i(a_i), so its advantage is 0, not huge.
+        best = q.detach().masked_fill(~avail, torch.finfo(q.dtype).min).amax(-1)
+        max_qs = torch.where(avail.any(-1), best, chosen.detach())
+        return mixer(chosen, cond, actions=actions, max_qs=max_qs)
 
     def td_parameters(self) -> list[nn.Parameter]:
         return [*self.agent.parameters(), *self.mixer.parameters()]
@@ -134,11 +158,13 @@ class QMIX(MARLModule):
         with torch.no_grad():
             target = self.agent_forward(x, target=True, lengths=lengths)
             target_q = target.q
-        q_taken = q[:, :-1].gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)  # Q_i(o_t, a_t)
-        next_values = double_q_next_values(q[:, 1:].detach(), target_q[:, 1:], batch.avail_actions[:, 1:], hp.double_q)
-        q_tot = self.mixer(q_taken, self.mixer_conditioning(batch, online)[:, :-1]).float()
+        avail, avail_next = batch.avail_actions[:, :-1], batch.avail_actions[:, 1:]
+        q_tot = self.mix(q[:, :-1], batch.actions, avail, self.mixer_conditioning(batch, online)[:, :-1]).float()
         with torch.no_grad():
-            next_q_tot = self.target_mixer(next_values, self.mixer_conditioning(batch, target, target=True)[:, 1:])
+            # a* from the online network (double Q) or the target network, valued by the target network
+            next_actions = greedy_actions((q[:, 1:] if hp.double_q else target_q[:, 1:]).float(), avail_next)
+            next_q_tot = self.mix(target_q[:, 1:].float(), next_actions, avail_next,
+                                  self.mixer_conditioning(batch, target, target=True)[:, 1:], target=True)
         if hp.td_lambda > 0:
             targets = td_lambda_targets(batch.reward, batch.terminated, batch.filled, next_q_tot, hp.gamma,
                                         hp.td_lambda)
