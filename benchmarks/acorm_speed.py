@@ -330,7 +330,7 @@ def report_gru(args: argparse.Namespace, rows: tuple[int, ...] = (24, 48, 96, 19
         per_step = []
         for r in rows:
             x = torch.randn(r, steps, hidden, requires_grad=True)
-            per_step.append(median_seconds(lambda: gru(x)[0].sum().backward(), args.repeats) / steps)
+            per_step.append(median_seconds(lambda gru=gru, x=x: gru(x)[0].sum().backward(), args.repeats) / steps)
         b, a = torch.linalg.lstsq(torch.tensor([[float(r), 1.0] for r in rows]),
                                   torch.tensor(per_step).unsqueeze(1)).solution.squeeze(1).tolist()
         cells = "  ".join(f"R={r}: {t * 1e6:5.0f} us" for r, t in zip(rows, per_step))

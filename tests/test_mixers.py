@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_errors import assert_one_line_error
 
 from acorm_pl.algos import ACORM, QMIX, QPLEX, VDN
 from acorm_pl.analysis.demo import small_run_args
@@ -16,7 +17,6 @@ from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
 from acorm_pl.losses import double_q_next_values, masked_td_loss, td_targets
 from acorm_pl.nets import QPLEXMixer, VDNMixer, shift_actions
-from cli_errors import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 INFO = EnvInfo(n_agents=3, n_actions=5, obs_dim=8, state_dim=7, episode_limit=10)

@@ -8,14 +8,18 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from cli_errors import assert_one_line_error
 from mlflow.tracking import MlflowClient
+from tiny_runs import tiny_acorm_checkpoint
 
+from acorm_pl.analysis.inspect import EpisodeRecord
 from acorm_pl.analysis.report import cells, comparison, final_value, value_at
+from acorm_pl.analysis.role_stats import attention_numbers, cluster_agreement, group_nmi, health_bands
 from acorm_pl.analysis.stats import bootstrap_diff_ci
 from acorm_pl.analysis.study import COLUMNS, StudyRun, load_results
 from acorm_pl.cli import main
-from cli_errors import assert_one_line_error
 
 STEPS = [0, 10_240, 20_480, 30_720, 40_960, 51_200, 61_440, 71_680, 81_920, 92_160, 102_400]
 
@@ -130,3 +134,63 @@ def test_results_bad_input_is_one_line(workdir, capsys):
     assert_one_line_error(["results", "export", "nowhere", "--arm", "mappo"], capsys, "no sweep store at nowhere")
     assert_one_line_error(["results", "export", "nowhere", "--arm", "vdn"], capsys, "invalid choice: 'vdn'")
     assert_one_line_error(["results", "report", "--results", "nothing"], capsys, "no results directory at nothing")
+
+
+def _record(embeddings: torch.Tensor, types: list[str], health: torch.Tensor, attention: torch.Tensor | None = None
+            ) -> EpisodeRecord:
+    t, n = embeddings.shape[:2]
+    return EpisodeRecord(length=t, won=True, episode_return=1.0, actions=torch.zeros(t, n, dtype=torch.long),
+                         rewards=torch.zeros(t), alive=health > 0, embeddings=embeddings, roles=None,
+                         cluster_labels=None, attention=attention, unit_types=types, health=health)
+
+
+def test_health_bands_and_group_nmi_by_hand():
+    assert health_bands(torch.tensor([0.1, 1 / 3, 0.5, 0.9, 1.0])).tolist() == [0, 0, 1, 2, 2]
+    reference = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 1, 1]])
+    labels = torch.tensor([[5, 5, 2, 2], [0, 1, 2, 3], [1, 0, 0, -1]])
+    valid = torch.tensor([[True] * 4, [True] * 4, [True, True, True, False]])
+    out = group_nmi(labels, reference, valid)
+    # group 1 has one reference value (skipped); groups 0 and 2 match their references up to renaming
+    assert out["groups"] == 2 and out["nmi"] == pytest.approx(1.0)
+    assert 0.0 <= out["chance"] < 1.0
+
+
+def test_cluster_agreement_finds_unit_types_and_attention_numbers():
+    torch.manual_seed(0)
+    types = ["stalker", "stalker", "zealot", "zealot", "zealot"]
+    onehot = torch.tensor([[1.0, 0.0] if u == "stalker" else [0.0, 1.0] for u in types])
+    emb = onehot.expand(6, 5, 2) * 10 + 0.01 * torch.randn(6, 5, 2)  # clusters = unit types
+    health = torch.full((6, 5), 0.9)
+    health[:, 0] = 0.2
+    health[3:, 4] = 0.0  # agent 4 dies at step 3
+    uniform = torch.full((6, 2, 5), 0.0)
+    uniform[..., :4] = 0.25
+    uniform[:3, :, 4] = 0.2
+    uniform[:3, :, :4] = 0.2
+    rec = _record(emb, types, health, uniform)
+    out = cluster_agreement([rec], k=2)
+    assert out["unit_type"]["nmi"] == pytest.approx(1.0) and out["unit_type"]["groups"] == 6
+    att = attention_numbers([rec])
+    assert att["normalised_entropy_per_head"] == pytest.approx([1.0, 1.0])  # uniform over the alive agents
+    assert att["head_distance_tv"] == pytest.approx(0.0)
+    one_hot = torch.zeros(6, 2, 5)
+    one_hot[:, 0, 0], one_hot[:, 1, 1] = 1.0, 1.0  # two heads on two different agents
+    att = attention_numbers([_record(emb, types, health, one_hot)])
+    assert att["head_distance_tv"] == pytest.approx(1.0) and att["normalised_entropy_per_head"] == pytest.approx([0, 0])
+
+
+@pytest.mark.slow
+def test_roles_command_writes_numbers_and_the_report_shows_them(workdir, capsys, tmp_path_factory):
+    ckpt = str(tiny_acorm_checkpoint(tmp_path_factory))
+    main(["results", "roles", ckpt, "--baseline", ckpt, "--name", "acorm_3m", "--episodes", "2",
+          "--results", "results", "--figures", "figs"])
+    data = json.loads((workdir / "results" / "roles" / "acorm_3m.json").read_text())
+    assert data["algorithm"] == "ACORM" and data["k"] == 3 and data["policy"]["episodes"] == 2
+    assert {"embeddings", "roles", "attention"} <= set(data["policy"]) and "baseline" in data
+    assert data["policy"]["attention"]["heads"] == 4
+    assert any(f.endswith(".png") for f in data["figures"])
+    (workdir / "results" / "mappo").mkdir()
+    main(["results", "report", "--results", "results", "--out", "docs/results.md", "--figures", "docs/study"])
+    text = (workdir / "docs" / "results.md").read_text()
+    assert "### acorm_3m: ACORM on SMAX 3m" in text and "| ACORM (host) | e | 3 |" in text
+    assert "Attention (4 heads" in text and "](../figs/roles_acorm_3m/" in text

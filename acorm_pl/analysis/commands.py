@@ -21,6 +21,7 @@ from acorm_pl.analysis.figures import write_episode_figures
 from acorm_pl.analysis.inspect import save_records
 from acorm_pl.analysis.progress import interval, rich_table
 from acorm_pl.analysis.report import write_report
+from acorm_pl.analysis.role_stats import measure_roles
 from acorm_pl.analysis.study import ARMS, RESULTS_DIR, export_sweep
 from acorm_pl.envs.seeds import ANALYSIS_SEED
 from acorm_pl.errors import ConfigError, require
@@ -124,6 +125,16 @@ def _results_parser() -> argparse.ArgumentParser:
     export.add_argument("sweep_dir", type=Path, help="the sweep directory (holding mlruns.db)")
     export.add_argument("--arm", required=True, choices=ARMS, help="which arm of the study the sweep belongs to")
     export.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"results root (default {RESULTS_DIR})")
+    roles = sub.add_parser("roles", help="role and attention numbers (NMI of clusters vs unit type and health, "
+                           "attention entropy and head distance) of a checkpoint, vs a host's checkpoint")
+    roles.add_argument("checkpoint", help="an ACORM or ACORM-MAPPO checkpoint")
+    roles.add_argument("--baseline", default=None, help="the host's checkpoint (QMIX or MAPPO) on the same map")
+    roles.add_argument("--name", required=True, help="writes <results>/roles/<name>.json and its figures")
+    roles.add_argument("--episodes", type=_positive_int, default=32, help="greedy episodes (default 32)")
+    roles.add_argument("--k", type=_positive_int, default=None, help="clusters (default: the checkpoint's K)")
+    roles.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"results root (default {RESULTS_DIR})")
+    roles.add_argument("--figures", type=Path, default=Path("docs/gallery/study"),
+                       help="figure root (default docs/gallery/study): figures in <figures>/roles_<name>/")
     report = sub.add_parser("report", help="regenerate docs/results.md and docs/gallery/study/ from the results")
     report.add_argument("--results", type=Path, default=RESULTS_DIR, help=f"results root (default {RESULTS_DIR})")
     report.add_argument("--out", type=Path, default=Path("docs/results.md"), help="report (default docs/results.md)")
@@ -141,6 +152,14 @@ def results_command(argv: list[str], console: Console) -> None:
         console.print(f"exported {len(written) // 3} runs to {args.results / args.arm}")
         if skipped:
             console.print(f"not finished, left out: {', '.join(skipped)}")
+        return
+    if args.action == "roles":
+        numbers = measure_roles(args.checkpoint, args.baseline, args.episodes, args.k,
+                                args.figures / f"roles_{args.name}")
+        path = args.results / "roles" / f"{args.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(numbers, indent=1) + "\n")
+        console.print(f"written: {path}")
         return
     require(args.results.is_dir(), f"no results directory at {args.results} (acorm-pl results export first)")
     paths = write_report(args.results, args.out, args.figures, args.confidence)
