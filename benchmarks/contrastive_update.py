@@ -19,7 +19,6 @@ import torch
 from sklearn.cluster import KMeans
 
 from acorm_pl.algos import ACORM
-from acorm_pl.callbacks import RoleClustering
 from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
 from common import machine, median_seconds, td_step
@@ -54,17 +53,16 @@ def main() -> None:
     model.manual_backward = lambda loss: loss.backward()  # no Trainer here
     td_opt, cl_opt = model.configure_optimizers()
     batch = make_batch()
-    clustering = RoleClustering()
 
     embeddings = model.agent_embeddings(batch)  # in training these come from the TD forward pass
 
     def ours() -> None:
-        labels = clustering.cluster_embeddings(embeddings, batch, 3, seed=0)
+        labels = model.cluster_roles(embeddings, batch, seed=0)
         model.contrastive_update(batch, embeddings, labels, cl_opt)
 
     ours_s = median_seconds(ours, args.repeats)
-    cluster_s = median_seconds(lambda: clustering.cluster_embeddings(embeddings, batch, 3, seed=0), args.repeats)
-    labels = clustering.cluster_embeddings(embeddings, batch, 3, seed=0)
+    cluster_s = median_seconds(lambda: model.cluster_roles(embeddings, batch, seed=0), args.repeats)
+    labels = model.cluster_roles(embeddings, batch, seed=0)
     loss_step_s = median_seconds(lambda: model.contrastive_update(batch, embeddings, labels, cl_opt), args.repeats)
     forward_s = median_seconds(lambda: model.agent_embeddings(batch), args.repeats)
 

@@ -30,7 +30,7 @@ import sklearn
 import torch
 from sklearn.cluster import KMeans
 
-from acorm_pl.losses.clustering import batched_kmeans
+from acorm_pl.clustering.kmeans import batched_kmeans
 
 
 def embeddings(m: int, n: int, dim: int, gen: torch.Generator) -> torch.Tensor:

@@ -127,14 +127,14 @@ def test_role_clustering_runs_every_interval_updates():
     due = []
     for step in range(7):
         model.n_updates.fill_(step)
-        model.role_clustering = None
+        model.contrastive_due = False
         cb.on_train_batch_start(None, model, batch, step)
-        due.append(model.role_clustering is cb)
+        due.append(model.contrastive_due)
     assert due == [False, False, True, False, False, True, False]
     off = _acorm(contrastive=False)
     off.n_updates.fill_(2)
     cb.on_train_batch_start(None, off, batch, 0)
-    assert off.role_clustering is None
+    assert not off.contrastive_due
 
 
 def test_td_forward_embeddings_are_the_ones_clustered():

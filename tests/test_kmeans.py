@@ -10,7 +10,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from acorm_pl.losses.clustering import KMeansResult, batched_kmeans
+from acorm_pl.clustering.kmeans import KMeansResult, batched_kmeans
 
 N_AGENTS, DIM = 10, 128
 

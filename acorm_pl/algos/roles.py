@@ -3,9 +3,9 @@
 Agent side (Fig. 1b / Fig. 8b): trajectory encoder -> agent embedding e, query role encoder -> role
 representation z, the agent's head on [e, z]; no one-hot agent IDs by default (Sec. 2.1: role
 representations, not identities, tell agents apart). Contrastive role learning (Fig. 1c / 8c, Eqs. 3-5):
-every T_cl updates the :class:`~acorm_pl.callbacks.RoleClustering` callback clusters the agent embeddings
-of the batch with K-means and the module takes one step of the InfoNCE loss with its own optimizer. The
-key encoder follows the query encoder by momentum (Eq. 5) after *every* update of the module (a TD update
+every T_cl updates (the :class:`~acorm_pl.callbacks.RoleClustering` callback says when) the module clusters
+the agent embeddings of the batch with its clustering strategy (K-means by default) and takes one step of
+the InfoNCE loss with its own optimizer. The key encoder follows the query encoder by momentum (Eq. 5) after *every* update of the module (a TD update
 of ACORM-QMIX, a PPO update of ACORM-MAPPO), since the host's loss trains the query encoder on every
 update; MoCo and the authors' code do the same. State side (Fig. 1d / 8e, Eqs. 6-8): a GRU encodes the
 state history into tau and multi-head attention lets tau attend to the role representations of the alive
@@ -26,12 +26,25 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from acorm_pl.algos.base import alive_agents
+from acorm_pl.clustering import Clustering, make_clustering
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.errors import require
 from acorm_pl.losses.contrastive import contrastive_role_loss
 from acorm_pl.nets import AgentOutput, RoleQAgent, shift_actions
 from acorm_pl.nets.attention import AttentionMixerInput
 from acorm_pl.nets.roles import ContrastiveRoleHead, RoleEncoder
+
+
+@torch.no_grad()
+def cluster_batch(clustering: Clustering, embeddings: torch.Tensor, batch: EpisodeBatch, k: int, seed: int = 0
+                  ) -> torch.Tensor:
+    """``clustering`` of the alive agents of every valid (episode, timestep) of ``batch`` on their ``embeddings``
+    [B, T, N, H], in one call: labels [B, T, N], -1 at padded steps and for dead agents."""
+    valid = batch.filled.bool()
+    alive = alive_agents(batch.avail_actions[:, :-1])
+    labels = torch.full(alive.shape, -1, dtype=torch.int64, device=embeddings.device)
+    labels[valid] = clustering(embeddings[valid].float(), alive[valid], k, seed).to(labels.device)
+    return labels
 
 
 class ContrastiveRoles:
@@ -49,7 +62,12 @@ class ContrastiveRoles:
             state is used).
         role_dim: size of the role representation z (Tables 1 and 3: 64).
         role_hidden_dim: hidden width of the role encoder MLP (0: a single linear map).
-        n_clusters: K of the K-means that defines positive and negative keys (Tables 2 and 4: 3).
+        n_clusters: K of the clustering that defines positive and negative keys (Tables 2 and 4: 3; the most
+            clusters for :class:`~acorm_pl.clustering.AutoK`).
+        clustering: how the agent embeddings of each (episode, timestep) are clustered: a
+            :class:`~acorm_pl.clustering.Clustering` (``class_path`` in a config): ``KMeans`` (default, the
+            paper's), ``GMM`` (diagonal Gaussian mixture, the paper's footnote 4), ``AutoK`` (K per step by
+            the silhouette score).
         contrastive_lr: Adam learning rate of the contrastive optimizer (Tables 2 and 4: 8e-4).
         key_encoder_tau: momentum update rate of the key encoder, Eq. (5) with beta = 1 - tau (Tables 2
             and 4: 0.005).
@@ -73,6 +91,7 @@ class ContrastiveRoles:
         role_dim: int = 64,
         role_hidden_dim: int = 128,
         n_clusters: int = 3,
+        clustering: Clustering | None = None,
         contrastive_lr: float = 8e-4,
         key_encoder_tau: float = 0.005,
         state_embed_dim: int = 64,
@@ -94,7 +113,8 @@ class ContrastiveRoles:
         require(n_clusters <= self.info.n_agents or self.info.n_agents == 1,
                 f"model.n_clusters must not exceed the number of agents ({self.info.n_agents} on this map), "
                 f"got {n_clusters}")
-        self.role_clustering: Any = None  # set by the RoleClustering callback when a contrastive step is due
+        self.clustering: Clustering = make_clustering(clustering)
+        self.contrastive_due = False  # set by the RoleClustering callback every T_cl updates
         self.last_embeddings: torch.Tensor | None = None  # e of the latest training forward (detached)
         self.last_attention: torch.Tensor | None = None
 
@@ -163,6 +183,12 @@ class ContrastiveRoles:
 
     # ---- contrastive role learning (Eqs. 3-5) ----------------------------------------------------------
     @torch.no_grad()
+    def cluster_roles(self, embeddings: torch.Tensor, batch: EpisodeBatch, seed: int = 0) -> torch.Tensor:
+        """Cluster labels [B, T, N] of agent ``embeddings`` [B, T, N, H] of ``batch`` by the module's clustering
+        (K = ``n_clusters``), all valid (episode, timestep) groups at once; -1 at padded steps and for dead agents."""
+        return cluster_batch(self.clustering, embeddings, batch, self.hparams.n_clusters, seed)
+
+    @torch.no_grad()
     def agent_embeddings(self, batch: EpisodeBatch) -> torch.Tensor:
         """Online agent embeddings e_i^t of every step of ``batch`` ([B, T, N, embed_dim])."""
         x = self.inputs(batch.obs, shift_actions(batch.actions))[:, :-1]
@@ -189,10 +215,10 @@ class ContrastiveRoles:
         """The host's update, the contrastive step when the clustering callback has marked it due, then the
         key encoder's momentum update (Eq. 5), once per update whether or not a contrastive step ran."""
         loss = super().training_step(batch, batch_idx)
-        clustering, self.role_clustering = self.role_clustering, None
-        if self.contrastive and clustering is not None:
+        due, self.contrastive_due = self.contrastive_due, False
+        if self.contrastive and due:
             embeddings = self.last_embeddings[:, :-1]  # from this update's forward, before its optimizer step
-            labels = clustering.cluster_embeddings(embeddings, batch, self.hparams.n_clusters, int(self.n_updates))
+            labels = self.cluster_roles(embeddings, batch, int(self.n_updates))
             stats = self.contrastive_update(batch, embeddings, labels, self.optimizers()[-1])
             # Logged on every contrastive step (rare), whatever log_every_n_steps says.
             for logger in self.loggers:

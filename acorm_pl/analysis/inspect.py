@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from acorm_pl.algos.base import MARLModule, alive_agents
-from acorm_pl.callbacks.roles import RoleClustering
+from acorm_pl.algos.roles import cluster_batch
 from acorm_pl.checkpoints import build_model, read_checkpoint
+from acorm_pl.clustering import Clustering, KMeans
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.data.rollout import Rollout, collect_rollout
 from acorm_pl.envs import VecEnv, make_vec_env
@@ -80,14 +81,15 @@ def _conditioning(model: MARLModule, batch: EpisodeBatch, out: AgentOutput) -> N
 
 
 @torch.no_grad()
-def record_episodes(model: MARLModule, env: VecEnv, n_episodes: int, clustering: RoleClustering | None = None,
+def record_episodes(model: MARLModule, env: VecEnv, n_episodes: int, clustering: Clustering | None = None,
                     n_clusters: int | None = None, on_episodes: Callable[[int], None] | None = None
                     ) -> list[EpisodeRecord]:
     """Run ``n_episodes`` greedy episodes of ``model`` in ``env`` (in rounds of ``env.n_envs``) and record
-    what the networks computed at every step. Clusters use ``n_clusters`` (default: the model's K, or 3).
+    what the networks computed at every step. Clusters: ``clustering`` (default: the model's own, else K-means)
+    with ``n_clusters`` (default: the model's K, or 3).
     ``on_episodes(k)`` is called after each round with the number of episodes it added (for progress)."""
     k = n_clusters or int(model.hparams.get("n_clusters", 3))
-    clustering = clustering or RoleClustering()
+    clustering = clustering or getattr(model, "clustering", None) or KMeans()
     types = getattr(env, "unit_type_names", None)
     records: list[EpisodeRecord] = []
     for rollout, take in greedy_rollouts(model, env, n_episodes):
@@ -97,7 +99,7 @@ def record_episodes(model: MARLModule, env: VecEnv, n_episodes: int, clustering:
         _conditioning(model, batch, out)
         attention = getattr(model, "last_attention", None)
         embeddings = out.embedding[:, :-1].float()
-        labels = clustering.cluster_embeddings(embeddings, batch, k, seed=0)
+        labels = cluster_batch(clustering, embeddings, batch, k, seed=0)
         alive = alive_agents(batch.avail_actions[:, :-1])
         health = ally_health(env, batch.state[:, :-1].cpu())
         for i in range(take):

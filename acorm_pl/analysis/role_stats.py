@@ -22,7 +22,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from acorm_pl.analysis.inspect import EpisodeRecord
 from acorm_pl.checkpoints import read_checkpoint
-from acorm_pl.losses.clustering import batched_kmeans
+from acorm_pl.clustering import KMeans
 
 HEALTH_BANDS = (1 / 3, 2 / 3)  # alive agents' health fraction in (0, 1/3], (1/3, 2/3], (2/3, 1]
 
@@ -55,7 +55,7 @@ def _stack(records: Sequence[EpisodeRecord], name: str) -> torch.Tensor:
 
 def cluster(points: torch.Tensor, alive: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     """K-means labels [G, N] of ``points`` [G, N, D] per group, dead agents left out (-1), as in training."""
-    return batched_kmeans(points.float(), k, valid=alive, n_init=10, seed=seed).labels
+    return KMeans()(points.float(), alive, k, seed)
 
 
 def cluster_agreement(records: Sequence[EpisodeRecord], k: int, what: str = "embeddings") -> dict[str, Any]:

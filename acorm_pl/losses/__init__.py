@@ -1,6 +1,5 @@
-"""Losses, targets and the clustering behind the contrastive pairs, as pure functions."""
+"""Losses and targets as pure functions."""
 
-from acorm_pl.losses.clustering import KMeansResult, batched_kmeans
 from acorm_pl.losses.contrastive import contrastive_role_loss
 from acorm_pl.losses.ppo import (
     clipped_surrogate_loss,
@@ -23,8 +22,6 @@ from acorm_pl.losses.td import (
 )
 
 __all__ = [
-    "KMeansResult",
-    "batched_kmeans",
     "clipped_surrogate_loss",
     "contrastive_role_loss",
     "double_q_next_values",
