@@ -9,7 +9,8 @@ the InfoNCE loss with its own optimizer. The key encoder follows the query encod
 after *every* update of the module (a TD update of ACORM-QMIX, a PPO update of ACORM-MAPPO), since the
 host's loss trains the query encoder on every update; MoCo and the authors' code do the same. State side
 (Fig. 1d / 8e, Eqs. 6-8): a GRU encodes the state history into tau and multi-head attention lets tau attend
-to the role representations of the alive agents; [tau_mha, tau] conditions the QMIX mixer (ACORM-QMIX) or the critic (ACORM-MAPPO).
+to the role representations of the alive agents; [tau_mha, tau] conditions the QMIX mixer (ACORM-QMIX) or
+the critic (ACORM-MAPPO).
 
 Ablations (Fig. 3) are switches: ``contrastive=False`` (w/o CL), ``attention=False`` (w/o MHA, state GRU
 kept), ``attention=False, state_encoder=False`` (w/o MHA (Vanilla)); all three off builds exactly the
