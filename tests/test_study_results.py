@@ -79,7 +79,8 @@ def test_export_writes_one_csv_config_and_facts_per_finished_run(exported):
     facts = json.loads((root / "mappo" / "3s5z" / "MAPPO_s1.json").read_text())
     assert facts["commit"] == "abc123def456" and facts["wall_time_s"] == 120.0
     assert facts["updates_per_collect"] == 1 and facts["total_env_steps"] == 100_000
-    assert facts["env_steps_per_s"] == 750.0 and facts["eval_interval"] == 10_000
+    assert facts["env_steps"] == 102_400 and facts["env_steps_per_s"] == pytest.approx(102_400 / 120, abs=0.1)
+    assert facts["eval_interval"] == 10_000
     config = yaml.safe_load((root / "mappo" / "3s5z" / "MAPPO_s1.yaml").read_text())
     assert config["data"]["map_name"] == "3s5z"
 

@@ -16,12 +16,13 @@ import numpy as np
 from acorm_pl.analysis.curves import RunCurve, curves_figure, learning_curves
 from acorm_pl.analysis.role_stats import fmt_nmi
 from acorm_pl.analysis.stats import area_under_curve, bootstrap_band, bootstrap_diff_ci
-from acorm_pl.analysis.study import RESULTS_DIR, StudyRun, load_results
+from acorm_pl.analysis.study import ARMS, RESULTS_DIR, StudyRun, load_results
 
 MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 FINAL_LAST = 5  # the final value of a run: the mean of its last five evaluations (the authors' "last-5 mean")
-HOSTS = {"qmix": "QMIX", "mappo": "MAPPO"}
-ARM_TITLES = {"qmix": "QMIX host (Figs. 2-3)", "mappo": "MAPPO host (Fig. 9)"}
+HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "mappo": "MAPPO"}
+ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host (Figs. 2-3)",
+              "mappo": "MAPPO host (Fig. 9)"}
 VARIANT_ORDER = ("ACORM", "QMIX", "QMIX-128", "ACORM-noCL", "ACORM-noMHA", "MAPPO", "ACORM-MAPPO", "ACORM-MAPPO-noCL")
 
 # Final test win rate at 1e7 env steps (unless noted), as the study issue quotes them: JaxMARL and Mava on SMAX;
@@ -87,7 +88,7 @@ def cells(runs: Sequence[StudyRun], confidence: float = 0.95, n_resamples: int =
     def order(key: tuple[str, str, str]) -> tuple:
         arm, map_name, variant = key
         rank = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
-        return (arm, map_name, rank, variant)
+        return (ARMS.index(arm), map_name, rank, variant)
 
     out = []
     for key in sorted(groups, key=order):
@@ -101,7 +102,9 @@ def cells(runs: Sequence[StudyRun], confidence: float = 0.95, n_resamples: int =
 
 
 def _fmt(mean: float, low: float, high: float) -> str:
-    return "-" if np.isnan(mean) else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+    if np.isnan(mean):
+        return "-"
+    return f"{mean:.2f}" if low == high == mean else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _steps(n: int) -> str:
@@ -146,20 +149,23 @@ def write_figures(all_cells: Sequence[Cell], out_dir: str | Path, confidence: fl
 
 
 def _run_rows(members: Sequence[Cell]) -> list[str]:
-    rows = ["| variant | seed | budget | evaluations | wall time | env steps/s | TD or PPO updates per collect | "
-            "commit |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | seed | budget | evaluations | wall time | env steps/s (whole run) | update ratio | commit |",
+            "|---|---|---|---|---|---|---|---|"]
     for c in members:
         for r in c.runs:
             f = r.facts
             budget = int(f.get("total_env_steps") or r.env_steps[-1])
             rate = f.get("env_steps_per_s")
             wall = f.get("wall_time_s")
+            if f.get("ppo_epochs"):  # on-policy: fresh episodes, used for a few epochs
+                ratio = f"{f.get('batch_size', '?')} fresh episodes per PPO update, {f['ppo_epochs']} epochs"
+            else:
+                ratio = (f"{f.get('updates_per_collect', '?')} TD update(s) of {f.get('batch_size', '?')} episodes "
+                         f"per {f.get('n_envs', '?')} collected")
             rows.append(f"| {c.variant} | {r.seed} | {_steps(budget)} | {len(r.env_steps)} x "
                         f"{f.get('n_eval_episodes', '?')} episodes | "
                         f"{'?' if wall is None else f'{wall / 60:.0f} min'} | "
-                        f"{'?' if rate is None else f'{rate:,.0f}'} | {f.get('updates_per_collect', '?')} of "
-                        f"{f.get('batch_size', '?')} episodes per {f.get('n_envs', '?')} collected | "
-                        f"{str(f.get('commit') or '?')[:8]} |")
+                        f"{'?' if rate is None else f'{rate:,.0f}'} | {ratio} | {str(f.get('commit') or '?')[:8]} |")
     return rows
 
 
@@ -238,7 +244,7 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
                              + f" | {_fmt(*_ci(c.final, confidence, 10_000)[:3])} | "
                                f"{_fmt(*_ci(c.auc, confidence, 10_000)[:3])} |")
             host = next((c for c in members if c.variant == HOSTS[arm]), None)
-            if host is not None:
+            if host is not None and len(members) > 1:
                 lines += ["", "Against the host:", ""]
                 lines += [f"- {comparison(c, host, confidence)}" for c in members if c is not host]
             if map_name in PUBLISHED:

@@ -30,7 +30,7 @@ COLUMNS = ("map", "variant", "seed", "env_step", "test_win_rate", "test_return_m
            "wall_time_s")
 METRICS = {"test_win_rate": "test/win_rate", "test_return_mean": "test/return_mean",
            "test_ep_length_mean": "test/ep_length_mean"}
-ARMS = ("qmix", "mappo")
+ARMS = ("qmix_pilot", "qmix", "mappo")  # the QMIX-host pilot picks the maps of the QMIX-host arm
 
 
 @dataclass
@@ -84,11 +84,12 @@ def _history(client: MlflowClient, run_id: str, metric: str) -> dict[int, tuple[
     return points
 
 
-def run_facts(run: Run, config: dict[str, Any], commit: str | None) -> dict[str, Any]:
-    """What a reader needs to judge a run: budget, update ratio, evaluation protocol, wall time, speed."""
+def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: int) -> dict[str, Any]:
+    """What a reader needs to judge a run: budget, update ratio, evaluation protocol, wall time, and speed
+    (``env_steps`` collected over the whole wall time, evaluations and startup included)."""
     data, model = config.get("data") or {}, (config.get("model") or {})
     evaluation = config.get("evaluation") or {}
-    tags, metrics = run.data.tags, run.data.metrics
+    tags = run.data.tags
     wall = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000
     return {
         "arm_host": model.get("class_path", "").rsplit(".", 1)[-1],
@@ -96,8 +97,10 @@ def run_facts(run: Run, config: dict[str, Any], commit: str | None) -> dict[str,
         "status": run.info.status, "commit": tags.get(f"{TAG}git_commit") or commit,
         "total_env_steps": data.get("total_env_steps"), "n_envs": data.get("n_envs"),
         "batch_size": data.get("batch_size"), "updates_per_collect": data.get("updates_per_collect"),
+        "ppo_epochs": (model.get("init_args") or {}).get("ppo_epochs"),
         "eval_interval": evaluation.get("eval_interval"), "n_eval_episodes": evaluation.get("n_eval_episodes"),
-        "wall_time_s": round(wall, 1), "env_steps_per_s": metrics.get("perf/env_steps_per_s"),
+        "env_steps": env_steps, "wall_time_s": round(wall, 1),
+        "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None,
     }
 
 
@@ -141,7 +144,7 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
                 w.writerow([map_name, variant, seed, s, *(f"{v:.6g}" for v in values),
                             round((histories["test_win_rate"][s][1] - start) / 1000, 1)])
         stem.with_suffix(".yaml").write_text(config_text)
-        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit)
+        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit, steps[-1])
         stem.with_suffix(".json").write_text(json.dumps(facts, indent=1) + "\n")
         written += [stem.with_suffix(s) for s in (".csv", ".yaml", ".json")]
     return written, skipped
