@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,9 +55,21 @@ FAMILIES: dict[str, tuple[Callable[..., EnvInfo], Callable[..., VecEnv]]] = {
 
 
 def _family(name: str) -> tuple[Callable[..., EnvInfo], Callable[..., VecEnv]]:
-    if name not in FAMILIES:
-        raise EnvConfigError(f"unknown environment family {name!r}; available: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name]
+    """A built-in family, or ``package.module.NAME``: a pair (env_info, make) defined outside acorm_pl
+    (docs/extending.md), imported when a config names it."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    module, _, attr = name.rpartition(".")
+    family = None
+    if module:
+        try:
+            family = getattr(importlib.import_module(module), attr, None)
+        except ImportError as err:
+            raise EnvConfigError(f"environment family {name!r}: cannot import {module} ({err})") from err
+    if not (isinstance(family, tuple) and len(family) == 2 and all(callable(f) for f in family)):
+        raise EnvConfigError(f"unknown environment family {name!r}; available: {', '.join(sorted(FAMILIES))}, or "
+                             "the import path of a pair (env_info, make) (docs/extending.md)")
+    return family
 
 
 def get_env_info(family: str, map_name: str, **kwargs: Any) -> EnvInfo:
