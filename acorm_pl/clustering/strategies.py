@@ -7,7 +7,6 @@ one interface, ``(embeddings [M, N, D], valid [M, N], k, seed) -> labels [M, N]`
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ from acorm_pl.clustering.gmm import batched_gmm
 from acorm_pl.clustering.kmeans import batched_kmeans
 from acorm_pl.clustering.silhouette import batched_silhouette
 from acorm_pl.errors import require
+from acorm_pl.imports import import_attr
 
 
 class Clustering:
@@ -91,11 +91,7 @@ def make_clustering(spec: Clustering | dict[str, Any] | str | None) -> Clusterin
         path, init_args = spec, {}
     cls = None
     if isinstance(path, str):
-        module, _, name = path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module or __name__), name, None)
-        except ImportError:
-            cls = None
+        cls = import_attr(path if "." in path else f"{__name__}.{path}")
     require(isinstance(cls, type) and issubclass(cls, Clustering),
             f"model.clustering must be a Clustering (acorm_pl.clustering.KMeans, GMM, AutoK or your subclass), "
             f"got {spec!r}")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, SingleEnv, SingleStep, StepResult, VecEnv
+from acorm_pl.imports import import_attr
 
 
 def _smax_info(map_name: str, **kwargs: Any) -> EnvInfo:
@@ -59,13 +60,10 @@ def _family(name: str) -> tuple[Callable[..., EnvInfo], Callable[..., VecEnv]]:
     (docs/extending.md), imported when a config names it."""
     if name in FAMILIES:
         return FAMILIES[name]
-    module, _, attr = name.rpartition(".")
-    family = None
-    if module:
-        try:
-            family = getattr(importlib.import_module(module), attr, None)
-        except ImportError as err:
-            raise EnvConfigError(f"environment family {name!r}: cannot import {module} ({err})") from err
+    module = name.rpartition(".")[0]
+    family = import_attr(name)
+    if module and family is None and importlib.util.find_spec(module.split(".")[0]) is None:
+        raise EnvConfigError(f"environment family {name!r}: cannot import {module}")
     if not (isinstance(family, tuple) and len(family) == 2 and all(callable(f) for f in family)):
         raise EnvConfigError(f"unknown environment family {name!r}; available: {', '.join(sorted(FAMILIES))}, or "
                              "the import path of a pair (env_info, make) (docs/extending.md)")

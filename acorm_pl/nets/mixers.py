@@ -7,13 +7,12 @@ each agent's max_a Q_i. :func:`build_mixer` makes one by name (``qmix``, ``vdn``
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from acorm_pl.errors import require
+from acorm_pl.imports import import_attr
 
 
 def _hypernet(in_dim: int, hidden: int, out_dim: int, layers: int) -> nn.Module:
@@ -136,13 +135,7 @@ def mixer_class(name: str) -> type[Mixer]:
     """The mixer named ``name`` (a key of :data:`MIXERS`) or importable as ``package.module.Class``."""
     if name in MIXERS:
         return MIXERS[name]
-    module, _, attr = name.rpartition(".")
-    cls = None
-    if module:
-        try:
-            cls = getattr(importlib.import_module(module), attr, None)
-        except ImportError:
-            cls = None
+    cls = import_attr(name)
     require(isinstance(cls, type) and issubclass(cls, Mixer),
             f"model.mixer must be one of {', '.join(MIXERS)} or the import path of a Mixer subclass, got {name!r}")
     return cls
