@@ -49,7 +49,7 @@ def test_all_switches_off_is_qmix():
     assert all(torch.equal(q_state[k], a_state[k]) for k in q_state)
     batch = _batch()
     assert torch.equal(qmix.td_loss(batch)[0], off.td_loss(batch)[0])
-    assert not isinstance(off.configure_optimizers(), list)
+    assert not isinstance(off.configure_optimizers(), list) and off.optimizer_names == ["td"]
 
 
 def test_ablation_switches_remove_exactly_their_parameters():

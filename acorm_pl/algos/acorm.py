@@ -76,7 +76,3 @@ class ACORM(ContrastiveRoles, QMIX):
         if self.mixer_input is not None:
             pairs.append((self.target_mixer_input, self.mixer_input))
         return pairs
-
-    def configure_optimizers(self) -> Any:
-        td = super().configure_optimizers()
-        return [td, self.contrastive_optimizer()] if self.contrastive else td

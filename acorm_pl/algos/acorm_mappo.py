@@ -57,6 +57,3 @@ class ACORMMAPPO(ContrastiveRoles, MAPPO):
         extra = [] if self.critic_input is None else list(self.critic_input.parameters())
         return [*super().critic_parameters(), *extra]
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        opts = super().configure_optimizers()
-        return [*opts, self.contrastive_optimizer()] if self.contrastive else opts

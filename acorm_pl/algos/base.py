@@ -121,6 +121,24 @@ class MARLModule(pl.LightningModule, abc.ABC):
         self.log_dict(metrics, on_step=True, on_epoch=False)
         self.log("step", float(self.env_steps), on_step=True, on_epoch=False)
 
+    # ---- optimizers, by name -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def named_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The module's optimizers by name, in a fixed order (their states are saved in that order)."""
+
+    def configure_optimizers(self) -> Any:
+        named = self.named_optimizers()
+        self.optimizer_names = list(named)
+        optimizers = list(named.values())
+        return optimizers[0] if len(optimizers) == 1 else optimizers
+
+    def optimizer(self, name: str) -> Any:
+        """The (Lightning-wrapped) optimizer called ``name`` in :meth:`named_optimizers`."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        require(name in self.optimizer_names, f"no optimizer {name!r}; this module has {self.optimizer_names}")
+        return optimizers[self.optimizer_names.index(name)]
+
     def check_update(self, optimizers: Any, losses: dict[str, torch.Tensor]) -> None:
         """Stop the run (:class:`~acorm_pl.errors.DivergenceError`, one line) unless ``losses`` (name ->
         scalar), the gradients of the ``optimizers``' parameters and those parameters are finite. Call

@@ -230,7 +230,7 @@ class MAPPO(MARLModule):
         """One PPO update: ``ppo_epochs`` x ``n_minibatches`` steps of the actor and the critic on ``batch``."""
         hp = self.hparams
         old, advantages, returns, stats = self.prepare(batch)
-        opts = self.optimizers()[:2]
+        opts = [self.optimizer("actor"), self.optimizer("critic")]
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         n_steps = 0
         for _ in range(hp.ppo_epochs):
@@ -250,10 +250,10 @@ class MAPPO(MARLModule):
         self.log_train({**means, **{f"train/{k}": v for k, v in stats.items()}, "train/lr": hp.actor_lr * scale})
         return means["train/loss"]
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def named_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         hp = self.hparams
-        return [torch.optim.Adam(self.actor_parameters(), lr=hp.actor_lr, eps=hp.adam_eps),
-                torch.optim.Adam(self.critic_parameters(), lr=hp.critic_lr, eps=hp.adam_eps)]
+        return {"actor": torch.optim.Adam(self.actor_parameters(), lr=hp.actor_lr, eps=hp.adam_eps),
+                "critic": torch.optim.Adam(self.critic_parameters(), lr=hp.critic_lr, eps=hp.adam_eps)}
 
     def check_data(self, data: Any) -> None:
         # Every rank must take the same number of steps per update (DDP).

@@ -178,11 +178,7 @@ class QMIX(MARLModule):
         return loss, stats
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
-        return self.td_update(batch, self.td_optimizer())
-
-    def td_optimizer(self) -> Any:
-        opts = self.optimizers()
-        return opts[0] if isinstance(opts, list) else opts
+        return self.td_update(batch, self.optimizer("td"))
 
     def td_update(self, batch: EpisodeBatch, opt: Any) -> torch.Tensor:
         """One TD step: loss, backward, clip, Adam, target refresh, learning-rate schedule, logging."""
@@ -221,8 +217,8 @@ class QMIX(MARLModule):
             for target, online in pairs:
                 target.load_state_dict(online.state_dict())
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.td_parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)
+    def named_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"td": torch.optim.Adam(self.td_parameters(), lr=self.hparams.lr, eps=self.hparams.adam_eps)}
 
     # ---- bookkeeping -----------------------------------------------------------------------------------
     def log_train(self, metrics: dict[str, Any]) -> None:

@@ -220,7 +220,7 @@ class ContrastiveRoles:
         if self.contrastive and due:
             embeddings = self.last_embeddings[:, :-1]  # from this update's forward, before its optimizer step
             labels = self.cluster_roles(embeddings, batch, int(self.n_updates))
-            stats = self.contrastive_update(batch, embeddings, labels, self.optimizers()[-1])
+            stats = self.contrastive_update(batch, embeddings, labels, self.optimizer("contrastive"))
             # Logged on every contrastive step (rare), whatever log_every_n_steps says.
             for logger in self.loggers:
                 logger.log_metrics({f"roles/{k}": float(v) for k, v in stats.items()}, step=self.env_steps)
@@ -233,6 +233,10 @@ class ContrastiveRoles:
         if self.contrastive:
             self.role_head.momentum_update(self.hparams.key_encoder_tau)
 
-    def contrastive_optimizer(self) -> torch.optim.Optimizer:
-        """Adam over the query role encoder and W (the last optimizer of the module)."""
-        return torch.optim.Adam(self.role_head.contrastive_parameters(), lr=self.hparams.contrastive_lr)
+    def named_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The host's optimizers, then ``contrastive`` (Adam over the query role encoder and W) when on."""
+        named = super().named_optimizers()
+        if self.contrastive:
+            named["contrastive"] = torch.optim.Adam(self.role_head.contrastive_parameters(),
+                                                    lr=self.hparams.contrastive_lr)
+        return named
