@@ -100,6 +100,9 @@ def test_report_statistics_by_hand(exported):
     assert 100_000 in mappo.marks and 250_000 not in mappo.marks  # no mark past the budget
     line = comparison(by["ACORM-MAPPO"], mappo, n_resamples=2000)
     assert "ACORM-MAPPO ends higher than MAPPO" in line and "difference +0.24" in line and "disjoint" in line
+    two = cells([r for r in runs if r.seed < 2], n_resamples=500)  # two seeds each: numbers, no verdict
+    line = comparison(two[1], two[0], n_resamples=500)
+    assert "too few seeds for a comparison" in line and "ends higher" not in line
 
 
 def test_value_at_and_final_value():

@@ -19,6 +19,7 @@ from acorm_pl.analysis.stats import area_under_curve, bootstrap_band, bootstrap_
 from acorm_pl.analysis.study import ARMS, RESULTS_DIR, StudyRun, load_results
 
 MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
+MIN_SEEDS = 3  # a comparison with a verdict needs this many seeds on each side
 FINAL_LAST = 5  # the final value of a run: the mean of its last five evaluations (the authors' "last-5 mean")
 HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "mappo": "MAPPO"}
 ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host (Figs. 2-3)",
@@ -113,7 +114,12 @@ def _steps(n: int) -> str:
 
 def comparison(cell: Cell, host: Cell, confidence: float = 0.95, n_resamples: int = 10_000) -> str:
     """One line on ``cell`` against ``host``: the difference of final values with its bootstrap CI, and
-    whether the two cells' CIs are disjoint."""
+    whether the two cells' CIs are disjoint; with fewer than :data:`MIN_SEEDS` seeds on a side, the numbers
+    only, and no verdict."""
+    if min(len(cell.seeds), len(host.seeds)) < MIN_SEEDS:
+        return (f"{cell.map}: final {cell.final.mean():.2f} ({cell.variant}) vs {host.final.mean():.2f} "
+                f"({host.variant}), {len(cell.seeds)} vs {len(host.seeds)} seeds: too few seeds for a comparison "
+                f"(the report compares from {MIN_SEEDS} seeds per variant)")
     low, high = bootstrap_diff_ci(cell.final, host.final, confidence, n_resamples)
     diff = float(cell.final.mean() - host.final.mean())
     a = _ci(cell.final, confidence, n_resamples)
