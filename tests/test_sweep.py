@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from acorm_pl.cli import main
 from acorm_pl.sweep import load_sweep
+from acorm_pl.sweep.spec import check_trials
 from acorm_pl.sweep.runner import checkpoint_env_steps, latest_checkpoint
 from acorm_pl.tracking import source_commit
 from cli_errors import assert_one_line_error
@@ -222,3 +223,15 @@ def test_resume_takes_the_newest_readable_checkpoint_not_last_ckpt(tmp_path):
     (tmp_path / "last-v1.ckpt").symlink_to(paths[1].name)
     paths[2].write_bytes(paths[2].read_bytes()[:100])  # killed while it was being written
     assert latest_checkpoint(tmp_path) == paths[1] and checkpoint_env_steps(paths[1]) == 2000
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "conf" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_resolves(path, monkeypatch):
+    """Each sweep file of conf/sweeps (the study's among them) loads and every trial parses with fit's parser."""
+    monkeypatch.chdir(REPO)
+    sweep = load_sweep(path)
+    trials = sweep.trials()
+    resolved = check_trials(sweep, trials)
+    assert trials and set(resolved) == {t.trial_id for t in trials}
+    for trial in trials:  # resolved once per variant and grid point: the map is the trial's
+        assert resolved[trial.trial_id]["data"]["map_name"] == trial.point["map"]
