@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,6 @@ def _artifact_text(client: MlflowClient, run: Run, name: str) -> str | None:
         path = Path(unquote(parsed.path)) / name
         return path.read_text() if path.is_file() else None
     try:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             return Path(client.download_artifacts(run.info.run_id, name, tmp)).read_text()
     except Exception:  # a store without the artifact: the export says so in the facts
