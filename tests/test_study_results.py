@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,7 +188,7 @@ def test_cluster_agreement_finds_unit_types_and_attention_numbers():
 def test_roles_command_writes_numbers_and_the_report_shows_them(workdir, capsys, tmp_path_factory):
     ckpt = str(tiny_acorm_checkpoint(tmp_path_factory))
     main(["results", "roles", ckpt, "--baseline", ckpt, "--name", "acorm_3m", "--episodes", "2",
-          "--results", "results", "--figures", "figs"])
+          "--results", "results", "--figures", "docs/study"])
     data = json.loads((workdir / "results" / "roles" / "acorm_3m.json").read_text())
     assert data["algorithm"] == "ACORM" and data["k"] == 3 and data["policy"]["episodes"] == 2
     assert {"embeddings", "roles", "attention"} <= set(data["policy"]) and "baseline" in data
@@ -197,4 +198,14 @@ def test_roles_command_writes_numbers_and_the_report_shows_them(workdir, capsys,
     main(["results", "report", "--results", "results", "--out", "docs/results.md", "--figures", "docs/study"])
     text = (workdir / "docs" / "results.md").read_text()
     assert "### acorm_3m: ACORM on SMAX 3m" in text and "| ACORM (host) | e | 3 |" in text
-    assert "Attention (4 heads" in text and "](../figs/roles_acorm_3m/" in text
+    assert "Attention (4 heads" in text and "](study/roles_acorm_3m/role_map.png)" in text
+    assert (workdir / "docs" / "study" / "roles_acorm_3m" / "role_map.png").is_file()
+
+
+def test_committed_report_is_what_the_committed_results_give(tmp_path, capsys):
+    """docs/results.md regenerates, word for word, from the CSV files under docs/results (one command)."""
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "docs" / "results.md"
+    main(["results", "report", "--results", str(repo / "docs" / "results"), "--out", str(out),
+          "--figures", str(tmp_path / "docs" / "gallery" / "study")])
+    assert out.read_text() == (repo / "docs" / "results.md").read_text()

@@ -175,8 +175,9 @@ def _run_rows(members: Sequence[Cell]) -> list[str]:
     return rows
 
 
-def roles_section(results: Path, doc_dir: Path) -> list[str]:
-    """Markdown for every ``<results>/roles/*.json`` written by ``acorm-pl results roles``."""
+def roles_section(results: Path, doc_dir: Path, figures_dir: Path) -> list[str]:
+    """Markdown for every ``<results>/roles/*.json`` written by ``acorm-pl results roles``, linking its figures
+    in ``<figures_dir>/roles_<name>/``."""
     files = sorted((results / "roles").glob("*.json")) if (results / "roles").is_dir() else []
     if not files:
         return []
@@ -210,14 +211,15 @@ def roles_section(results: Path, doc_dir: Path) -> list[str]:
                           "(total variation, 0 = identical, 1 = disjoint)."]
         for fig in data.get("figures", []):
             if fig.endswith(".png"):
-                rel = Path(os.path.relpath(Path(fig).resolve(), doc_dir.resolve())).as_posix()
+                where = figures_dir / f"roles_{path.stem}" / Path(fig).name
+                rel = Path(os.path.relpath(where.resolve(), doc_dir.resolve())).as_posix()
                 lines += ["", f"![{Path(fig).stem}]({rel})"]
         lines.append("")
     return lines
 
 
 def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path, notes: str | None = None,
-           confidence: float = 0.95, results: Path | None = None) -> str:
+           confidence: float = 0.95, results: Path | None = None, figures_dir: Path | None = None) -> str:
     """The text of ``docs/results.md``."""
     pct = round(confidence * 100)
     lines = ["# Results: the study (issue 15)", "",
@@ -259,7 +261,7 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
                           + "; ".join(f"{k}: {v}" for k, v in PUBLISHED[map_name].items()) + "."]
             lines += ["", "<details><summary>Runs</summary>", "", *_run_rows(members), "", "</details>", ""]
     if results is not None:
-        lines += roles_section(results, doc_dir)
+        lines += roles_section(results, doc_dir, figures_dir or doc_dir / "gallery" / "study")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -274,5 +276,5 @@ def write_report(results: str | Path = RESULTS_DIR, out: str | Path = "docs/resu
     notes = notes_path.read_text() if notes_path.is_file() else None
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(all_cells, figures, out.parent, notes, confidence, Path(results)))
+    out.write_text(render(all_cells, figures, out.parent, notes, confidence, Path(results), Path(figures_dir)))
     return [out, *figures.values()]
