@@ -9,11 +9,15 @@ from typing import Any
 
 def import_attr(path: str) -> Any:
     """The attribute ``Name`` of module ``package.module`` for ``package.module.Name``; None when the path has
-    no module part, the module cannot be imported or has no such attribute (callers say what was expected)."""
+    no module part, no such module exists or it has no such attribute (callers say what was expected). An
+    error raised while importing a module that does exist (say, a dependency it lacks) is not hidden."""
     module, _, attr = path.rpartition(".")
     if not module:
         return None
     try:
-        return getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-        return None
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and (module == err.name or module.startswith(f"{err.name}.")):
+            return None  # the named module (or a package on its path) does not exist
+        raise
+    return getattr(found, attr, None)

@@ -56,16 +56,21 @@ def check_tracking_store(uri: str) -> None:
         raise ConfigError(f"cannot write the MLflow store {store} ({err.strerror or err}); {hint}") from err
 
 
-def source_commit() -> str | None:
-    """The git commit of the running acorm_pl source (``-dirty`` appended when tracked files differ from it),
-    or None when the package is not a git checkout: every run records the code it ran."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return None
+def source_commit(directory: Path | None = None) -> str | None:
+    """The git commit of the checkout holding ``directory`` (default: the running acorm_pl source, when it is
+    a git checkout of its own), with ``-dirty`` appended when its tracked ``acorm_pl/`` or ``conf/`` files differ
+    from it; None outside a git checkout. Every run records the code it ran."""
+    if directory is None:
+        directory = Path(__file__).resolve().parent.parent
+        if not (directory / ".git").exists():  # installed from a wheel, perhaps inside another repository
+            return None
+    git = ["git", "-C", str(directory)]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--", "acorm_pl", "conf"],
+        top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", top, "diff", "--quiet", "HEAD", "--", "acorm_pl", "conf"],
                                capture_output=True, timeout=10).returncode != 0
     except (OSError, subprocess.SubprocessError):
         return None

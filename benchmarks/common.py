@@ -14,6 +14,7 @@ import torch
 
 from acorm_pl.algos import QMIX
 from acorm_pl.data import EpisodeBatch
+from acorm_pl.envs.base import EnvInfo
 
 
 def machine() -> str:
@@ -43,3 +44,19 @@ def td_step(model: QMIX, opt: torch.optim.Optimizer, batch: EpisodeBatch) -> Non
     torch.nn.utils.clip_grad_norm_(model.td_parameters(), model.hparams.grad_clip_norm)
     opt.step()
     model.update_targets()
+
+
+def random_batch(info: EnvInfo, batch: int, steps: int, seed: int = 0) -> EpisodeBatch:
+    """``batch`` full-length episodes of ``steps`` steps with uniform observations and states in [-1, 1],
+    random actions, every action available and random rewards: timing input, not learning data."""
+    g = torch.Generator().manual_seed(seed)
+    n = info.n_agents
+    return EpisodeBatch(
+        obs=torch.rand(batch, steps + 1, n, info.obs_dim, generator=g) * 2 - 1,
+        state=torch.rand(batch, steps + 1, info.state_dim, generator=g) * 2 - 1,
+        avail_actions=torch.ones(batch, steps + 1, n, info.n_actions, dtype=torch.bool),
+        actions=torch.randint(0, info.n_actions, (batch, steps, n), generator=g),
+        reward=torch.rand(batch, steps, generator=g),
+        terminated=torch.zeros(batch, steps),
+        filled=torch.ones(batch, steps),
+    )

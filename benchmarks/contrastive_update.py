@@ -21,23 +21,14 @@ from sklearn.cluster import KMeans
 from acorm_pl.algos import ACORM
 from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
-from common import machine, median_seconds, td_step
+from common import random_batch, machine, median_seconds, td_step
 
 B, T, N = 32, 120, 10
 INFO = EnvInfo(n_agents=N, n_actions=16, obs_dim=270, state_dim=252, episode_limit=T)  # SMAX 10m_vs_11m sizes
 
 
 def make_batch(seed: int = 0) -> EpisodeBatch:
-    g = torch.Generator().manual_seed(seed)
-    return EpisodeBatch(
-        obs=torch.rand(B, T + 1, N, INFO.obs_dim, generator=g) * 2 - 1,
-        state=torch.rand(B, T + 1, INFO.state_dim, generator=g) * 2 - 1,
-        avail_actions=torch.ones(B, T + 1, N, INFO.n_actions, dtype=torch.bool),
-        actions=torch.randint(0, INFO.n_actions, (B, T, N), generator=g),
-        reward=torch.rand(B, T, generator=g),
-        terminated=torch.zeros(B, T),
-        filled=torch.ones(B, T),
-    )
+    return random_batch(INFO, B, T, seed)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import torch
 from acorm_pl.algos import ACORM, QMIX
 from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
-from common import machine, median_seconds
+from common import random_batch, machine, median_seconds
 
 # SMAX sizes (obs, state and actions as the environment reports them), batch 32 episodes at the episode limit.
 MAPS = {"3m": EnvInfo(n_agents=3, n_actions=8, obs_dim=75, state_dim=72, episode_limit=60),
@@ -24,17 +24,7 @@ B = 32
 
 
 def make_batch(info: EnvInfo, seed: int = 0) -> EpisodeBatch:
-    g = torch.Generator().manual_seed(seed)
-    t, n = info.episode_limit, info.n_agents
-    return EpisodeBatch(
-        obs=torch.rand(B, t + 1, n, info.obs_dim, generator=g) * 2 - 1,
-        state=torch.rand(B, t + 1, info.state_dim, generator=g) * 2 - 1,
-        avail_actions=torch.ones(B, t + 1, n, info.n_actions, dtype=torch.bool),
-        actions=torch.randint(0, info.n_actions, (B, t, n), generator=g),
-        reward=torch.rand(B, t, generator=g),
-        terminated=torch.zeros(B, t),
-        filled=torch.ones(B, t),
-    )
+    return random_batch(info, B, info.episode_limit, seed)
 
 
 def update(model: QMIX, opt: torch.optim.Optimizer, batch: EpisodeBatch, guarded: bool) -> None:

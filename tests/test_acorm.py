@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sizes
 import torch
 
 from acorm_pl.algos import ACORM, QMIX
@@ -12,8 +13,7 @@ from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
 
 INFO = EnvInfo(n_agents=4, n_actions=7, obs_dim=6, state_dim=9, episode_limit=8)
-SMALL = {"embed_dim": 16, "role_dim": 8, "role_hidden_dim": 8, "state_embed_dim": 8, "attn_dim": 16,
-         "attn_out_dim": 8, "n_heads": 4, "hypernet_embed": 8, "mixing_embed_dim": 8}
+SMALL = {**sizes.SMALL, "hypernet_embed": 8, "mixing_embed_dim": 8}
 
 
 def _batch(b: int = 3, t: int = 6, seed: int = 0) -> EpisodeBatch:

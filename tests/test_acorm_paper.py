@@ -27,10 +27,9 @@ from acorm_pl.envs.seeds import ANALYSIS_SEED, EVAL_SEED_STRIDE, evaluation_seed
 from acorm_pl.envs.smax import SMAXVecEnv
 from acorm_pl.envs.workers import ProcessVecEnv
 from acorm_pl.nets import AgentOutput, shift_actions
+from sizes import SMALL
 
 INFO = EnvInfo(n_agents=4, n_actions=7, obs_dim=6, state_dim=9, episode_limit=8)
-SMALL = {"embed_dim": 16, "role_dim": 8, "role_hidden_dim": 8, "state_embed_dim": 8, "attn_dim": 16,
-         "attn_out_dim": 8, "n_heads": 4}
 
 
 def _batch(b: int = 3, t: int = 6) -> EpisodeBatch:

@@ -85,6 +85,7 @@ def test_each_fit_of_the_guide_runs(guide_package, index):
 def test_unknown_env_family_is_one_line(workdir, capsys):
     config = str(REPO / "conf" / "smax" / "qmix_3m.yaml")
     assert_one_line_error(["fit", "--config", config, "--data.env", "nopkg.mpe.FAMILY"], capsys,
-                          "environment family 'nopkg.mpe.FAMILY': cannot import nopkg.mpe")
+                          "unknown environment family 'nopkg.mpe.FAMILY'; available: football, smac, smax, or "
+                          "the import path of a pair (env_info, make)")
     assert_one_line_error(["fit", "--config", config, "--data.env", "acorm_pl.envs.FAMILIES"], capsys,
                           "the import path of a pair (env_info, make)")

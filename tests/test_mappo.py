@@ -22,11 +22,11 @@ from acorm_pl.data import EpisodeBatch, RolloutDataModule, collect_rollout
 from acorm_pl.errors import ConfigError
 from acorm_pl.losses import masked_log_softmax
 from acorm_pl.nets import AgentOutput, AttentionMixerInput, ContrastiveRoleHead, RoleQAgent, ValueNormalizer
+from sizes import ROLES
 from cli_errors import assert_one_line_error
 
 ENV = dict(lengths=[3, 6, 5], won=[True, False, False], limit=6, n_agents=3, n_actions=4, n_avail=3)
 SMALL = {"embed_dim": 16, "critic_hidden_dim": 8}
-ROLES = {"role_dim": 8, "role_hidden_dim": 8, "state_embed_dim": 8, "attn_dim": 16, "attn_out_dim": 8, "n_heads": 4}
 
 
 def _env() -> ScriptedVecEnv:

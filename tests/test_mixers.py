@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_errors import assert_one_line_error
+from sizes import SMALL
 
 from acorm_pl.algos import ACORM, QMIX, QPLEX, VDN
 from acorm_pl.analysis.demo import small_run_args
@@ -20,8 +21,6 @@ from acorm_pl.nets import QPLEXMixer, VDNMixer, shift_actions
 
 REPO = Path(__file__).resolve().parents[1]
 INFO = EnvInfo(n_agents=3, n_actions=5, obs_dim=8, state_dim=7, episode_limit=10)
-SMALL = {"embed_dim": 16, "role_dim": 8, "role_hidden_dim": 8, "state_embed_dim": 8, "attn_dim": 16,
-         "attn_out_dim": 8, "n_heads": 4}
 
 
 def _batch(b: int = 4, t: int = 6, seed: int = 0) -> EpisodeBatch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sizes import SMALL
 
 import acorm_pl.nets.agent as agent_nets
 from acorm_pl.algos import ACORM, ACORMMAPPO, MAPPO, QMIX
@@ -13,8 +14,6 @@ from acorm_pl.envs.base import EnvInfo
 from acorm_pl.nets.agent import RecurrentEncoder, length_buckets
 
 INFO = EnvInfo(n_agents=3, n_actions=6, obs_dim=10, state_dim=12, episode_limit=40)
-SMALL = {"embed_dim": 16, "role_dim": 8, "role_hidden_dim": 8, "state_embed_dim": 8, "attn_dim": 16,
-         "attn_out_dim": 8, "n_heads": 4}
 
 
 def _mixed_batch(b: int = 24, t: int = 40) -> EpisodeBatch:

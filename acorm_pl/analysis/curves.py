@@ -123,19 +123,22 @@ def seed_of(run: Run) -> str:
     return match.group(1) if match else run.info.run_id[:8]
 
 
+def run_artifact_text(client: MlflowClient, run: Run, name: str) -> str | None:
+    """The text of the run's artifact ``name`` (None without one): local artifacts are read in place."""
+    parsed = urlparse(run.info.artifact_uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path)) / name
+        return path.read_text() if path.is_file() else None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run.info.run_id, name, tmp)).read_text()
+        except Exception:  # no such artifact, or a store we cannot read: the caller does without it
+            return None
+
+
 def _eval_interval(client: MlflowClient, run: Run) -> int | None:
     """``evaluation.eval_interval`` of the run's ``config.yaml`` artifact (None without one)."""
-    parsed = urlparse(run.info.artifact_uri)
-    if parsed.scheme in ("", "file"):  # local artifacts: read in place
-        path = Path(unquote(parsed.path)) / "config.yaml"
-        text = path.read_text() if path.is_file() else ""
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                text = Path(client.download_artifacts(run.info.run_id, "config.yaml", tmp)).read_text()
-            except Exception:  # no such artifact, or a store we cannot read: the interval is inferred instead
-                text = ""
-    config = yaml.safe_load(text) or {}
+    config = yaml.safe_load(run_artifact_text(client, run, "config.yaml") or "") or {}
     value = (config.get("evaluation") or {}).get("eval_interval")
     return int(value) if isinstance(value, int) else None
 

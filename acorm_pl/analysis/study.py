@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from acorm_pl.analysis.curves import run_artifact_text
 from acorm_pl.errors import require
 from acorm_pl.sweep.runner import TAG
 from acorm_pl.sweep.status import main_run
+from acorm_pl.tracking import source_commit
 
 RESULTS_DIR = Path("docs/results")
 COLUMNS = ("map", "variant", "seed", "env_step", "test_win_rate", "test_return_mean", "test_ep_length_mean",
@@ -51,27 +50,6 @@ class StudyRun:
 def run_stem(variant: str, seed: int) -> str:
     """File name (without suffix) of a run's files within its map directory."""
     return f"{variant}_s{seed}"
-
-
-def _artifact_text(client: MlflowClient, run: Run, name: str) -> str | None:
-    parsed = urlparse(run.info.artifact_uri)
-    if parsed.scheme in ("", "file"):  # the sweep's artifacts are written in place: read them there
-        path = Path(unquote(parsed.path)) / name
-        return path.read_text() if path.is_file() else None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            return Path(client.download_artifacts(run.info.run_id, name, tmp)).read_text()
-    except Exception:  # a store without the artifact: the export says so in the facts
-        return None
-
-
-def _git_commit(directory: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _history(client: MlflowClient, run_id: str, metric: str) -> dict[int, tuple[float, int]]:
@@ -118,7 +96,7 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
     by_trial: dict[str, list[Run]] = {}
     for r in runs:
         by_trial.setdefault(r.data.tags.get(f"{TAG}trial", ""), []).append(r)
-    commit = _git_commit(sweep_dir)
+    commit = source_commit(sweep_dir)  # for runs made before runs recorded their commit
     written, skipped = [], []
     for trial, trial_runs in sorted(by_trial.items()):
         run = main_run(trial_runs)
@@ -126,8 +104,9 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
             skipped.append(f"{trial} ({run.info.status if run else 'no run'})")
             continue
         tags = run.data.tags
-        map_name, variant, seed = tags.get(f"{TAG}map", "unknown"), tags[f"{TAG}variant"], int(tags[f"{TAG}seed"])
-        config_text = _artifact_text(client, run, "config.yaml") or ""
+        require(f"{TAG}map" in tags, f"trial {trial} has no map tag: the study's sweeps set data.map_name")
+        map_name, variant, seed = tags[f"{TAG}map"], tags[f"{TAG}variant"], int(tags[f"{TAG}seed"])
+        config_text = run_artifact_text(client, run, "config.yaml") or ""
         histories = {col: _history(client, run.info.run_id, name) for col, name in METRICS.items()}
         steps = sorted(histories["test_win_rate"])
         require(bool(steps), f"trial {trial} finished without a test/win_rate")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,10 +59,7 @@ def _family(name: str) -> tuple[Callable[..., EnvInfo], Callable[..., VecEnv]]:
     (docs/extending.md), imported when a config names it."""
     if name in FAMILIES:
         return FAMILIES[name]
-    module = name.rpartition(".")[0]
     family = import_attr(name)
-    if module and family is None and importlib.util.find_spec(module.split(".")[0]) is None:
-        raise EnvConfigError(f"environment family {name!r}: cannot import {module}")
     if not (isinstance(family, tuple) and len(family) == 2 and all(callable(f) for f in family)):
         raise EnvConfigError(f"unknown environment family {name!r}; available: {', '.join(sorted(FAMILIES))}, or "
                              "the import path of a pair (env_info, make) (docs/extending.md)")
