@@ -130,6 +130,15 @@ def state_mismatch(saved: Mapping[str, torch.Tensor], expected: Mapping[str, tor
     return "; ".join(parts) or None
 
 
+def _upgraded(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the keys of older layouts renamed to today's (as loading renames them)."""
+    from acorm_pl.algos.base import upgrade_state_dict  # here: acorm_pl.algos imports this module
+
+    upgraded = dict(state_dict)
+    upgrade_state_dict(upgraded)
+    return upgraded
+
+
 def build_model(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Any:
     """The LightningModule of a checkpoint, rebuilt from the checkpoint's own settings (whatever today's
     defaults are) and loaded with its weights."""
@@ -139,7 +148,7 @@ def build_model(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> Any:
     except (TypeError, ConfigError) as err:
         raise ConfigError(f"checkpoint {path} does not fit this acorm-pl ({__version__}): {cls.__name__} refuses "
                           f"its settings ({_one_line(err)})") from err
-    mismatch = state_mismatch(ckpt["state_dict"], model.state_dict(), "in this version")
+    mismatch = state_mismatch(_upgraded(ckpt["state_dict"]), model.state_dict(), "in this version")
     if mismatch:
         raise ConfigError(f"checkpoint {path} does not fit this acorm-pl's ({__version__}) {cls.__name__} networks: "
                           f"{mismatch}")
@@ -179,7 +188,7 @@ def check_resume(path: str | os.PathLike[str], model: Any, data: Any) -> dict[st
         problems += [f"environment {d}" for d in _differing(saved_info, data.env_info.as_dict())]
     if problems:
         raise ConfigError(f"cannot resume from {path}: {'; '.join(problems)}")
-    mismatch = state_mismatch(ckpt["state_dict"], model.state_dict(), "in the config")
+    mismatch = state_mismatch(_upgraded(ckpt["state_dict"]), model.state_dict(), "in the config")
     if mismatch:
         settings = _differing(_settings(ckpt.get("hyper_parameters", {})), _settings(dict(model.hparams)))
         because = f" ({'; '.join(settings)})" if settings else ""

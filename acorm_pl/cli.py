@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from jsonargparse import ArgumentError, ArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser, Namespace
 
 # Keep JAX (SMAX) off the GPU and quiet before anything imports it.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -40,7 +40,16 @@ from acorm_pl.checkpoints import LIGHTNING_CKPT_KEYWORDS, check_resume, read_che
 from acorm_pl.data.datamodule import RolloutDataModule  # noqa: E402
 from acorm_pl.envs.base import EnvConfigError  # noqa: E402
 from acorm_pl.errors import ConfigError, DivergenceError  # noqa: E402
-from acorm_pl.tracking import FailureReason, MLflowSaveConfig, MLflowTracker, RunCheckpoint  # noqa: E402
+from acorm_pl.imports import import_attr  # noqa: E402
+from acorm_pl.tracking import (  # noqa: E402
+    FailureReason,
+    MLflowSaveConfig,
+    MLflowTracker,
+    RunCheckpoint,
+    default_tracking_uri,
+    run_id_in_checkpoint,
+    run_in_store,
+)
 
 
 def _env_info_of(data: RolloutDataModule) -> dict[str, int]:
@@ -93,6 +102,8 @@ class ACORMCLI(LightningCLI):
             for callback in self.trainer_defaults["callbacks"]:
                 if isinstance(callback, RunCheckpoint):
                     callback.dirpath = os.path.realpath(os.path.expanduser(config["checkpoint_dir"]))
+        if self.subcommand == "fit":
+            _resume_run(config)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # The default rich bar is one of trainer_defaults' callbacks; Lightning refuses any progress bar
@@ -106,15 +117,33 @@ class ACORMCLI(LightningCLI):
         self.datamodule.use_algorithm(self.model)  # bad combinations fail before a run is started
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         # A checkpoint that cannot resume this config fails here, in one line, before any MLflow run starts.
-        ckpt = check_resume(ckpt_path, self.model, self.datamodule) if ckpt_path else None
-        tracker = next((lg for lg in self.trainer.loggers if isinstance(lg, MLflowTracker)), None)
-        run_id = ckpt.get("mlflow_run_id") if ckpt is not None else None
-        if run_id is not None and tracker is not None and tracker._run_id is None:
-            if tracker.has_run(run_id):
-                tracker._run_id = run_id  # resume logging into the run that wrote the checkpoint
-            else:
-                rank_zero_warn(f"the MLflow run {run_id} that wrote {ckpt_path} is not in this tracking store "
-                               f"({tracker._tracking_uri}); the resumed training logs to a new run")
+        if ckpt_path:
+            check_resume(ckpt_path, self.model, self.datamodule)
+
+
+def _resume_run(config: Namespace) -> None:
+    """Give the MLflow logger of a fit resumed from a checkpoint the run that wrote the checkpoint (its
+    ``run_id`` argument), when that run is in the logger's store and no run is configured."""
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_KEYWORDS:
+        return
+    run_id = run_id_in_checkpoint(ckpt_path)
+    if run_id is None:
+        return
+    loggers = config.trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        cls = import_attr(logger.class_path) if isinstance(logger, Namespace) and "class_path" in logger else None
+        if not (isinstance(cls, type) and issubclass(cls, MLflowTracker)):
+            continue
+        args = logger.init_args
+        if args.get("run_id") is not None:
+            continue
+        uri = args.get("tracking_uri") or default_tracking_uri()
+        if run_in_store(uri, run_id):
+            args.run_id = run_id
+        else:
+            rank_zero_warn(f"the MLflow run {run_id} that wrote {ckpt_path} is not in this tracking store ({uri}); "
+                           "the resumed training logs to a new run")
 
 
 def set_torch_threads(n: int | None) -> None:

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from acorm_pl.checkpoints import read_checkpoint
 from acorm_pl.errors import ConfigError
@@ -103,15 +104,18 @@ class MLflowTracker(MLFlowLogger):
             tags.setdefault("acorm_pl.git_commit", commit)
         super().__init__(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags,
                          artifact_location=artifact_location, run_id=run_id)
+        self.run_started = run_id is not None  # whether a run exists to log to; reading it starts none
 
     @property
     def experiment(self) -> Any:
-        """The MLflow client (Lightning's); ``$MLFLOW_TRACKING_URI`` is left as it was."""
+        """The MLflow client (Lightning's), with the run started; ``$MLFLOW_TRACKING_URI`` is left as it was."""
         # mlflow.set_tracking_uri, which Lightning calls here, also exports MLFLOW_TRACKING_URI: a second run
         # in the same process would then log into this run's store instead of its own default.
         before = os.environ.get("MLFLOW_TRACKING_URI")
         try:
-            return super().experiment
+            client = super().experiment
+            self.run_started = True
+            return client
         finally:
             if before is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -131,14 +135,6 @@ class MLflowTracker(MLFlowLogger):
             self.experiment.set_tag(self.run_id, "acorm_pl.changed_on_resume", note[:5000])
         if fresh:
             super().log_hyperparams(fresh)
-
-    def has_run(self, run_id: str) -> bool:
-        """Whether ``run_id`` is a run of this tracking store (a checkpoint may come from another store)."""
-        try:
-            self._mlflow_client.get_run(run_id)
-        except MlflowException:
-            return False
-        return True
 
     def artifact_dir(self) -> Path | None:
         """Local directory of this run's artifacts, or None when the artifact store is remote."""
@@ -279,7 +275,7 @@ class FailureReason(Callback):
         else:
             reason = " ".join(str(exception).split()) or type(exception).__name__
         for tracker in trainer.loggers:
-            if isinstance(tracker, MLflowTracker) and tracker._run_id is not None:  # never start a run here
+            if isinstance(tracker, MLflowTracker) and tracker.run_started:  # never start a run here
                 try:
                     tracker.experiment.set_tag(tracker.run_id, "acorm_pl.failure", reason[:5000])
                 except Exception as err:  # the store may be what failed; the original error matters more
@@ -288,6 +284,16 @@ class FailureReason(Callback):
 
 def _env_steps(trainer: pl.Trainer) -> int:
     return int(getattr(trainer.datamodule, "env_steps", 0)) if trainer.datamodule is not None else 0
+
+
+def run_in_store(tracking_uri: str, run_id: str) -> bool:
+    """Whether ``run_id`` is a run of the tracking store ``tracking_uri`` (a checkpoint may come from another)."""
+    check_tracking_store(tracking_uri)
+    try:
+        MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
 
 
 def run_id_in_checkpoint(path: str | os.PathLike[str]) -> str | None:

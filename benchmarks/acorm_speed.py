@@ -7,7 +7,7 @@ Parts (all by default):
 
 * ``td``: one ACORM TD update (forward over online and target networks, loss, backward, clipping, Adam, soft
   target update; ``benchmarks/common.py: td_step``) at SMAC MMM2 shapes (10 agents, 18 actions, obs 176,
-  state 322) with the model of ``conf/smac/acorm_MMM2.yaml``, on a synthetic batch of 32 episodes of mixed
+  state 322) with the model of ``conf/mmm2.yaml``, on a synthetic batch of 32 episodes of mixed
   lengths (120-180 steps, padded to the longest), in fp32 and under Lightning's ``bf16-mixed`` precision
   plugin (its training-step context: CPU autocast to bfloat16, as in ``--trainer.precision bf16-mixed``).
   Medians of ``--repeats`` after a warm-up, at ``--threads`` torch threads.
@@ -17,11 +17,11 @@ Parts (all by default):
   and the time to sample a batch of 32 episodes.
 * ``gru``: the fixed cost of one GRU step in rows of work (the cost model of the length buckets that skip
   padded steps, ``acorm_pl.nets.agent.STEP_OVERHEAD_ROWS``).
-* ``fit``: ``acorm-pl fit --config conf/smax/acorm_3s5z.yaml`` (the shipped ACORM-QMIX config on SMAX 3s5z)
-  for ``--fit-steps`` env steps, in fp32 (``32-true``) and ``bf16-mixed``, each in its own process: env
-  steps/s and TD updates/s over whole collect-and-update cycles, from the first cycle that updates to the
-  last (startup, JIT compilation, the warm-up collection before the buffer holds a batch and the final
-  evaluation are left out).
+* ``fit``: ``acorm-pl fit --config conf/algo/acorm.yaml --config conf/env/smax/3s5z.yaml`` (the shipped
+  ACORM-QMIX config on SMAX 3s5z) for ``--fit-steps`` env steps, in fp32 (``32-true``) and ``bf16-mixed``, each
+  in its own process: env steps/s and TD updates/s over whole collect-and-update cycles, from the first cycle
+  that updates to the last (startup, JIT compilation, the warm-up collection before the buffer holds a batch and
+  the final evaluation are left out).
 
 ``--baseline-ref`` checks the given commit out into a temporary ``git worktree`` (removed at the end) and
 measures the ``td`` and ``fit`` parts there too, with that commit's code and configs, next to this tree's.
@@ -47,11 +47,10 @@ import acorm_pl  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.plugins.precision import MixedPrecision
 
 from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
-from common import machine, median_seconds, td_step
+from common import PRECISIONS, machine, median_seconds, precision_context, td_step
 
 # Only APIs that older commits have are used at import time and in the ``td`` / ``fit`` parts: a baseline
 # worktree imports this file with its own acorm_pl.
@@ -59,7 +58,6 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 MMM2 = EnvInfo(n_agents=10, n_actions=18, obs_dim=176, state_dim=322, episode_limit=180)
 BATCH, MIN_T = 32, 120
-PRECISIONS = ("fp32", "bf16-mixed")
 
 
 def mmm2_batch(batch_size: int = BATCH, seed: int = 0) -> EpisodeBatch:
@@ -94,22 +92,16 @@ def mmm2_batch(batch_size: int = BATCH, seed: int = 0) -> EpisodeBatch:
     )
 
 
-def precision_context(name: str, device: str = "cpu") -> contextlib.AbstractContextManager:
-    """fp32: nothing; bf16-mixed: the context Lightning's precision plugin runs a training step in on ``device``
-    (``cpu`` or ``cuda``)."""
-    if name == "fp32":
-        return contextlib.nullcontext()
-    return MixedPrecision("bf16-mixed", device).train_step_context()
-
-
 def build_acorm(root: Path) -> tuple[Any, torch.optim.Optimizer]:
-    """ACORM with the model settings of ``root``'s ``conf/smac/acorm_MMM2.yaml`` and its TD optimizer."""
+    """ACORM with the model settings of ``root``'s ``conf/mmm2.yaml`` (ACORM on SMAC MMM2) and its TD optimizer."""
     from acorm_pl.algos import ACORM
 
-    init = yaml.safe_load((root / "conf" / "smac" / "acorm_MMM2.yaml").read_text())["model"]["init_args"]
+    init = yaml.safe_load((root / "conf" / "mmm2.yaml").read_text())["model"]["init_args"]
     torch.manual_seed(0)
     model = ACORM(env_info=MMM2.as_dict(), **init)
-    opts = model.configure_optimizers()
+    if hasattr(model, "named_optimizers"):
+        return model, model.named_optimizers()["td"]
+    opts = model.configure_optimizers()  # a baseline tree from before optimizers had names
     return model, opts[0] if isinstance(opts, list) else opts
 
 
@@ -180,7 +172,7 @@ def buffer_report(repeats: int) -> list[tuple[str, int, float | None]]:
 def padded_sample_seconds(episodes: EpisodeBatch, repeats: int) -> float:
     """Median time of the earlier buffer's sampling on its layout (every field padded to the limit; a batch
     is ``field[idx, :longest]`` per field) for 32 of ``episodes``."""
-    plus_one = ("obs", "state", "avail_actions")  # T+1 entries
+    plus_one = ("obs", "state", "avail_actions", "alive")  # T+1 entries
     layout = {}
     for k, v in vars(episodes).items():
         layout[k] = v.new_zeros(v.shape[0], MMM2.episode_limit + (k in plus_one), *v.shape[2:])
@@ -232,10 +224,18 @@ def run_child(root: Path, args: list[str], out: Path, timeout: float) -> dict[st
     return json.loads(out.read_text())
 
 
+def acorm_3s5z_config(root: Path) -> list[str]:
+    """``--config`` arguments of the shipped ACORM-QMIX config on SMAX 3s5z in ``root``: the algorithm and
+    environment files, or the single per-map file of trees from before configs were composed."""
+    composed = [root / "conf" / "algo" / "acorm.yaml", root / "conf" / "env" / "smax" / "3s5z.yaml"]
+    paths = composed if composed[0].is_file() else [root / "conf" / "smax" / "acorm_3s5z.yaml"]
+    return [a for p in paths for a in ("--config", str(p))]
+
+
 def fit_rates(root: Path, precision: str, env_steps: int, workdir: Path) -> dict[str, Any]:
     out = workdir / f"fit-{precision}.json"
     cli = "import sys; from acorm_pl.cli import main; main(sys.argv[1:])"
-    args = ["-c", cli, "fit", "--config", str(root / "conf" / "smax" / "acorm_3s5z.yaml"),
+    args = ["-c", cli, "fit", *acorm_3s5z_config(root),
             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
             "--trainer.precision", "32-true" if precision == "fp32" else precision,
             "--data.total_env_steps", str(env_steps), "--data.epoch_env_steps", str(env_steps),
@@ -306,7 +306,7 @@ def main() -> None:
 
 def report_td(trees: list[tuple[str, Path]], args: argparse.Namespace, workdir: Path) -> None:
     print(f"\n(i) ACORM TD update at MMM2 shapes: batch {BATCH} episodes of {MIN_T}-{MMM2.episode_limit} steps "
-          f"(padded to the longest), conf/smac/acorm_MMM2.yaml model, {args.threads} torch thread(s), "
+          f"(padded to the longest), conf/mmm2.yaml model, {args.threads} torch thread(s), "
           f"median of {args.repeats}")
     for label, root in trees:
         if root == REPO:
@@ -338,7 +338,8 @@ def report_gru(args: argparse.Namespace, rows: tuple[int, ...] = (24, 48, 96, 19
 
 
 def report_fit(trees: list[tuple[str, Path]], args: argparse.Namespace, workdir: Path) -> None:
-    print(f"\n(v) acorm-pl fit --config conf/smax/acorm_3s5z.yaml, {args.fit_steps} env steps (8 envs, 8 TD "
+    print(f"\n(v) acorm-pl fit --config conf/algo/acorm.yaml --config conf/env/smax/3s5z.yaml, {args.fit_steps} "
+          "env steps (8 envs, 8 TD "
           "updates of 32 episodes per collection); rates over whole collect+update cycles")
     for label, root in trees:
         for precision in PRECISIONS:

@@ -3,6 +3,7 @@
 # ruff: noqa: I001  (acorm_pl must be imported before torch: it sets OMP_WAIT_POLICY)
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -11,10 +12,22 @@ from collections.abc import Callable
 
 import acorm_pl  # noqa: F401
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from acorm_pl.algos import QMIX
 from acorm_pl.data import EpisodeBatch
 from acorm_pl.envs.base import EnvInfo
+
+
+PRECISIONS = ("fp32", "bf16-mixed")
+
+
+def precision_context(name: str, device: str = "cpu") -> contextlib.AbstractContextManager:
+    """fp32: nothing; bf16-mixed: the context Lightning's precision plugin runs a training step in on ``device``
+    (``cpu`` or ``cuda``)."""
+    if name == "fp32":
+        return contextlib.nullcontext()
+    return MixedPrecision("bf16-mixed", device).train_step_context()
 
 
 def machine() -> str:

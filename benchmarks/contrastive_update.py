@@ -42,19 +42,20 @@ def main() -> None:
     torch.manual_seed(0)
     model = ACORM(env_info=INFO.as_dict(), hypernet_embed=32)
     model.manual_backward = lambda loss: loss.backward()  # no Trainer here
-    td_opt, cl_opt = model.configure_optimizers()
+    td_opt, cl_opt = model.named_optimizers()["td"], model.roles.named_optimizers()["contrastive"]
     batch = make_batch()
 
     embeddings = model.agent_embeddings(batch)  # in training these come from the TD forward pass
 
     def ours() -> None:
-        labels = model.cluster_roles(embeddings, batch, seed=0)
-        model.contrastive_update(batch, embeddings, labels, cl_opt)
+        labels = model.roles.cluster(embeddings, batch, seed=0)
+        model.roles.contrastive_update(model, batch, embeddings, labels, cl_opt)
 
     ours_s = median_seconds(ours, args.repeats)
-    cluster_s = median_seconds(lambda: model.cluster_roles(embeddings, batch, seed=0), args.repeats)
-    labels = model.cluster_roles(embeddings, batch, seed=0)
-    loss_step_s = median_seconds(lambda: model.contrastive_update(batch, embeddings, labels, cl_opt), args.repeats)
+    cluster_s = median_seconds(lambda: model.roles.cluster(embeddings, batch, seed=0), args.repeats)
+    labels = model.roles.cluster(embeddings, batch, seed=0)
+    loss_step_s = median_seconds(lambda: model.roles.contrastive_update(model, batch, embeddings, labels, cl_opt),
+                                 args.repeats)
     forward_s = median_seconds(lambda: model.agent_embeddings(batch), args.repeats)
 
     flat = embeddings.reshape(B * T, N, -1).numpy()

@@ -53,8 +53,7 @@ def main() -> None:
         for map_name, info in MAPS.items():
             torch.manual_seed(0)
             model = cls(env_info=info.as_dict(), hypernet_embed=32)
-            opts = model.configure_optimizers()
-            opt = opts[0] if isinstance(opts, list) else opts
+            opt = model.named_optimizers()["td"]
             batch = make_batch(info)
             plain = median_seconds(lambda: update(model, opt, batch, False), args.repeats)  # noqa: B023
             guarded = median_seconds(lambda: update(model, opt, batch, True), args.repeats)  # noqa: B023

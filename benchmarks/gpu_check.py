@@ -12,15 +12,15 @@ What it does on a GPU:
 1. SMAX on the GPU: JAX runs on its CUDA backend (``JAX_PLATFORMS=cuda,cpu``, set before SMAX is imported),
    and shows that ``torch.from_dlpack`` of a JAX array shares its device buffer (no host copy) and where
    SMAX's observations and a collected rollout live.
-2. ``conf/smax/acorm_3s5z.yaml`` (the shipped ACORM-QMIX config on SMAX 3s5z) trained with Lightning on the
-   GPU for ``--fit-steps`` env steps or ``--fit-seconds``, whichever ends first, in fp32 and bf16-mixed,
-   with the replay buffer on the GPU too (``data.buffer_device cuda``): episodes go from JAX to the buffer
-   to the learner without leaving the device. Built directly from the config (model, data, epsilon,
+2. ``conf/algo/acorm.yaml`` on ``conf/env/smax/3s5z.yaml`` (the shipped ACORM-QMIX config on SMAX 3s5z) trained
+   with Lightning on the GPU for ``--fit-steps`` env steps or ``--fit-seconds``, whichever ends first, in fp32
+   and bf16-mixed, with the replay buffer on the GPU too (``data.buffer_device cuda``): episodes go from JAX to
+   the buffer to the learner without leaving the device. Built directly from the config (model, data, epsilon,
    evaluation, roles), not through ``acorm-pl fit``, so neither MLflow nor jsonargparse is needed. Prints
    env steps/s and TD updates/s over whole collect-and-update cycles (``benchmarks/acorm_speed.py:
    FitClock``). Without JAX's CUDA backend the fit runs SMAX on the CPU and says so.
 3. One ACORM TD update (``benchmarks/common.py: td_step``) at MMM2 shapes (10 agents, 18 actions, obs 176,
-   state 322; the model of ``conf/smac/acorm_MMM2.yaml``) on synthetic batches of 32 and 128 episodes of
+   state 322; the model of ``conf/mmm2.yaml``) on synthetic batches of 32 and 128 episodes of
    120-180 steps, fp32 and under Lightning's bf16-mixed plugin context; medians of ``--repeats``.
 
 Getting the packages onto a GPU machine without network (such as this project's device machine: Python 3.12
@@ -112,7 +112,8 @@ def fit(precision: str, device: str, fit_steps: int, fit_seconds: float, workdir
     from acorm_pl.data import RolloutDataModule
     from acorm_speed import FitClock
 
-    conf = yaml.safe_load((REPO / "conf" / "smax" / "acorm_3s5z.yaml").read_text())
+    conf = yaml.safe_load((REPO / "conf" / "algo" / "acorm.yaml").read_text())  # the algorithm file on 3s5z
+    conf["data"].update(yaml.safe_load((REPO / "conf" / "env" / "smax" / "3s5z.yaml").read_text())["data"])
     pl.seed_everything(conf.get("seed_everything", 0), verbose=False)
     data = RolloutDataModule(**{**conf["data"], "seed": conf.get("seed_everything", 0), "buffer_device": device,
                                 "total_env_steps": fit_steps, "epoch_env_steps": fit_steps})
@@ -138,7 +139,8 @@ def fit(precision: str, device: str, fit_steps: int, fit_seconds: float, workdir
 
 def td_times(device: str, batch_sizes: list[int], repeats: int) -> None:
     """ACORM TD update at MMM2 shapes per batch size and precision, medians."""
-    from acorm_speed import PRECISIONS, build_acorm, mmm2_batch, precision_context
+    from acorm_speed import build_acorm, mmm2_batch
+    from common import PRECISIONS, precision_context
     from common import median_seconds, td_step
 
     model, opt = build_acorm(REPO)
@@ -188,7 +190,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         attempt("1. SMAX on the device", lambda: smax_on_device(args.device))
-        attempt(f"2. fit conf/smax/acorm_3s5z.yaml, buffer and learner on {args.device}, at most "
+        attempt(f"2. fit conf/algo/acorm.yaml + conf/env/smax/3s5z.yaml, buffer and learner on {args.device}, at most "
                 f"{args.fit_steps} env steps / {args.fit_seconds:.0f} s each",
                 lambda: [fit(p, args.device, args.fit_steps, args.fit_seconds, Path(tmp))
                          for p in ("fp32", "bf16-mixed")])

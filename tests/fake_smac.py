@@ -7,17 +7,22 @@ with the real return types and sizes (see that module's docstring for the API as
   ``KeyError`` from the registry); the game is "launched" by the first ``reset()``;
 * ``get_env_info()`` with obs/state sizes computed by SMAC's formulas from the map parameters
   (MMM2: 10 agents, 18 actions, obs 176, state 322, limit 180);
-* ``get_obs()`` list of float32 arrays, ``get_state()`` float32 array, ``get_avail_actions()`` lists of
-  0/1 ints (a dead agent only has the no-op 0, a live one never has it);
+* ``get_obs()`` list of float32 arrays, ``get_state()`` float32 array in SMAC's layout (ally rows
+  ``[health / health_max, cooldown, x, y, (shield), unit-type one-hot]``, zeros when dead, then the enemies'
+  rows and the last actions), ``get_avail_actions()`` lists of 0/1 ints (a dead agent only has the no-op 0,
+  a live one never has it), ``get_unit_by_id(i).health`` (0 once dead), and the attributes
+  ``shield_bits_ally``, ``unit_type_bits``, ``map_type`` and ``obs_instead_of_state``;
 * ``step(actions)`` -> ``(reward, terminated, info)`` with ``info["battle_won"]`` and, only when built
   with ``continuing_episode=True``, ``info["episode_limit"]`` on a time-out; an unavailable action fails
-  an assertion as in SMAC;
+  an assertion as in SMAC, and so does a step after the episode ended (SMAC would act in a finished game);
 * ``save_replay()`` (fails before the first reset, as SMAC's does) and ``close()``.
 
 Scripted dynamics, deterministic per seed: the last agent dies on the first step; with an even seed
 every enemy dies on step ``2 + seed % 3`` (a win), with an odd seed nobody else dies and the episode
 times out at the episode limit. Reward is ``0.1 * t`` on step ``t`` plus 2 on the winning step.
-obs[i] = [t / limit, i, 1, ...] for a live agent i (zeros when dead); state[0] = t.
+obs[i] = [t / limit, i, 1, ...] for a live agent i (zeros when dead). A live ally's health fraction is
+``1 - t / (2 * limit)`` (of 45 hp), its cooldown column ``t / limit``, its unit type
+``i % unit_type_bits``.
 """
 
 from __future__ import annotations
@@ -99,6 +104,12 @@ class FakeStarCraft2Env:
         self.n_agents, self.n_enemies, self.episode_limit = params["n_agents"], params["n_enemies"], params["limit"]
         self.n_actions = N_ACTIONS_NO_ATTACK + self.n_enemies
         self._params = params
+        # StarCraft2Env's attributes read by the adapter (set from the map's parameters in the real one too).
+        self.shield_bits_ally = int(params["a_race"] == "P")
+        self.unit_type_bits = params["unit_type_bits"]
+        self.map_type = params["map_type"]
+        self.obs_instead_of_state = self.kwargs["obs_instead_of_state"]
+        self.ended = False
         self.seed = self.kwargs["seed"]
         self.launched = False
         self.replays_saved = 0
@@ -129,7 +140,7 @@ class FakeStarCraft2Env:
         if self.kwargs["obs_instead_of_state"]:
             return self.get_obs_size() * self.n_agents
         bits = self._params["unit_type_bits"]
-        shield_a, shield_e = int(self._params["a_race"] == "P"), int(self._params["b_race"] == "P")
+        shield_a, shield_e = self.shield_bits_ally, int(self._params["b_race"] == "P")
         size = self.n_agents * (4 + shield_a + bits) + self.n_enemies * (3 + shield_e + bits)
         return size + (self.n_agents * self.n_actions if self.kwargs["state_last_action"] else 0)
 
@@ -152,6 +163,7 @@ class FakeStarCraft2Env:
         """Start an episode (launches the "game" the first time); returns (obs, state) as newer SMAC does."""
         self.launched = True
         self.t = 0
+        self.ended = False
         self.ally_alive[:] = True
         self.enemies_alive[:] = True
         return self.get_obs(), self.get_state()
@@ -167,10 +179,26 @@ class FakeStarCraft2Env:
             out.append(o)
         return out
 
+    def get_unit_by_id(self, agent_id: int) -> types.SimpleNamespace:
+        """Agent ``agent_id``'s unit: its ``health`` (0 once dead) and ``health_max``."""
+        health_max = 45.0
+        return types.SimpleNamespace(health=self._health_fraction(agent_id) * health_max, health_max=health_max)
+
+    def _health_fraction(self, agent_id: int) -> float:
+        return (1.0 - 0.5 * self.t / self.episode_limit) if self.ally_alive[agent_id] else 0.0
+
     def get_state(self) -> np.ndarray:
-        """A float32 array [state_shape]; state[0] is the step count."""
+        """A float32 array [state_shape] in SMAC's layout (ally rows first)."""
+        if self.obs_instead_of_state:
+            return np.concatenate(self.get_obs())
         s = np.zeros(self.get_state_size(), dtype=np.float32)
-        s[0] = self.t
+        stride = 4 + self.shield_bits_ally + self.unit_type_bits
+        for i in range(self.n_agents):
+            if self.ally_alive[i]:
+                row = s[i * stride : (i + 1) * stride]
+                row[:4] = (self._health_fraction(i), self.t / self.episode_limit, 0.1 * i, 0.0)
+                if self.unit_type_bits:
+                    row[4 + self.shield_bits_ally + i % self.unit_type_bits] = 1.0
         return s
 
     def get_avail_agent_actions(self, agent_id: int) -> list[int]:
@@ -186,6 +214,7 @@ class FakeStarCraft2Env:
     def step(self, actions: list[Any]) -> tuple[float, bool, dict[str, bool]]:
         """One step: (reward, terminated, info) with info["battle_won"] (and info["episode_limit"])."""
         assert self.launched, "reset() launches the game"
+        assert not self.ended, "stepped after the episode ended"
         self.actions_received.append(list(actions))
         for i, a in enumerate(actions):
             assert self.get_avail_agent_actions(i)[int(a)] == 1, f"Agent {i} cannot perform action {a}"
@@ -195,11 +224,12 @@ class FakeStarCraft2Env:
         info = {"battle_won": False}
         if self._win_step() == self.t:
             self.enemies_alive[:] = False
-            info["battle_won"] = True
+            info["battle_won"] = self.ended = True
             return reward + 2.0, True, info
         if self.t >= self.episode_limit:
             if self.kwargs["continuing_episode"]:
                 info["episode_limit"] = True
+            self.ended = True
             return reward, True, info
         return reward, False, info
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from paper_configs import config_args
 import yaml
 from test_cli import REPO, TINY, _checkpoints, _client, _runs
 from worker_envs import INFO as TOY_INFO
 from worker_envs import ToyEnv, episode_length
 
 from acorm_pl.algos import ACORM, ACORMMAPPO, QMIX
-from acorm_pl.algos.base import alive_agents
 from acorm_pl.analysis.inspect import load_checkpoint
 from acorm_pl.cli import build_cli, main
 from acorm_pl.data import EpisodeBatch
@@ -54,12 +54,12 @@ class MomentumProbe(pl.Callback):
         self.interval, self.checked, self.with_contrastive = interval, 0, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        head = pl_module.role_head
+        head = pl_module.roles.head
         self.keys = [p.detach().clone() for p in head.key_encoder.parameters()]
         self.contrastive_due = (int(pl_module.n_updates) + 1) % self.interval == 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        head, beta = pl_module.role_head, 1.0 - pl_module.hparams.key_encoder_tau
+        head, beta = pl_module.roles.head, 1.0 - pl_module.hparams.key_encoder_tau
         for k_old, k_new, q_new in zip(self.keys, head.key_encoder.parameters(), head.query_encoder.parameters(),
                                        strict=True):
             assert k_new.grad is None and not k_new.requires_grad  # moved by Eq. (5) only, never by a gradient
@@ -70,11 +70,11 @@ class MomentumProbe(pl.Callback):
 
 
 @pytest.mark.parametrize("config, extra", [
-    ("acorm_3m.yaml", ["--data.updates_per_collect", "2", "--data.batch_size", "4", "--data.buffer_size", "64"]),
-    ("acorm_mappo_3m.yaml", ["--data.batch_size", "4", "--model.init_args.ppo_epochs", "2"]),
+    ("acorm", ["--data.updates_per_collect", "2", "--data.batch_size", "4", "--data.buffer_size", "64"]),
+    ("acorm_mappo", ["--data.batch_size", "4", "--model.init_args.ppo_epochs", "2"]),
 ])
 def test_key_encoder_follows_the_query_encoder_after_every_update(workdir, config, extra):
-    args = ["--config", str(REPO / "conf" / "smax" / config), "--data.n_envs", "4",
+    args = [*config_args(config, "3m"), "--data.n_envs", "4",
             "--data.total_env_steps", "300", "--data.epoch_env_steps", "300", "--evaluation.eval_interval", "300",
             "--evaluation.n_eval_episodes", "4", "--trainer.enable_progress_bar", "false",
             "--model.init_args.embed_dim", "16", "--model.init_args.key_encoder_tau", "0.2", "--roles.interval", "3",
@@ -104,7 +104,7 @@ def test_every_config_says_which_variant_sees_ids():
     seen = set()
     for path in sorted((REPO / "conf").rglob("*.yaml")):
         model = (yaml.safe_load(path.read_text()) or {}).get("model")
-        if model:
+        if model and "class_path" in model:  # ablation files only flip switches of the file before them
             assert model["init_args"].get("add_agent_id") is expected[model["class_path"]], path
             seen.add(model["class_path"])
     assert seen == set(expected)
@@ -127,7 +127,7 @@ def test_checkpoint_written_with_ids_still_loads_for_evaluation(tmp_path):
 # ---- dead agents out of the attention, one policy for both hosts -------------------------------------------
 def _moved_dead_roles(agents: AgentOutput, batch: EpisodeBatch) -> AgentOutput:
     roles = agents.roles.clone()
-    dead = ~alive_agents(batch.avail_actions)
+    dead = ~batch.alive
     roles[dead] += 100.0
     return AgentOutput(q=agents.q, hidden=agents.hidden, embedding=agents.embedding, roles=roles)
 
@@ -145,13 +145,13 @@ def test_dead_agents_role_does_not_change_the_mixer_input():
     assert torch.equal(model.mixer_conditioning(batch, moved, target=True),
                        model.mixer_conditioning(batch, agents, target=True))
     alive_moved = AgentOutput(q=agents.q, hidden=agents.hidden, embedding=agents.embedding,
-                              roles=agents.roles + 100.0 * alive_agents(batch.avail_actions).unsqueeze(-1))
+                              roles=agents.roles + 100.0 * batch.alive.unsqueeze(-1))
     assert not torch.allclose(model.mixer_conditioning(batch, alive_moved), cond)  # the alive ones do count
 
 
 def test_both_hosts_mask_dead_agents_through_the_same_code():
-    assert ACORM.role_conditioning is ACORMMAPPO.role_conditioning
     model = ACORMMAPPO(env_info=INFO.as_dict(), **SMALL)
+    assert type(model.roles) is type(ACORM(env_info=INFO.as_dict(), **SMALL).roles)  # one RoleLearning
     batch = _batch()
     agents = model.evaluate(batch).agents
     cond = model.critic_conditioning(batch, agents)

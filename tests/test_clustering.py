@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from cli_errors import assert_one_line_error
+from paper_configs import config_args, paper_config
 from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 
@@ -110,14 +111,14 @@ def test_model_owns_its_clustering(capsys):
                                                                               "init_args": {"n_iters": 5}}}}
     auto = ACORM(env_info=info, embed_dim=16, clustering=saved).clustering  # as a checkpoint holds it
     assert isinstance(auto, AutoK) and isinstance(auto.base, GMM) and auto.base.n_iters == 5
-    assert_one_line_error(["fit", "--config", str(REPO / "conf" / "smax" / "acorm_3m.yaml"),
+    assert_one_line_error(["fit", *config_args("acorm", "3m"),
                            "--model.init_args.clustering", "sklearn.cluster.KMeans"], capsys, "clustering")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, expected", [("acorm_pl.clustering.GMM", GMM), ("acorm_pl.clustering.AutoK", AutoK)])
 def test_short_acorm_fit_with_each_clustering(workdir, strategy, expected):
-    main(small_run_args(REPO / "conf" / "smax" / "acorm_3m.yaml", workdir, "clustering", env_steps=600,
+    main(small_run_args(paper_config("acorm", "3m"), workdir, "clustering", env_steps=600,
                         eval_interval=300, quick=True, extra=["--model.init_args.clustering", strategy]))
     model, _ = load_checkpoint(next(workdir.rglob("last.ckpt")))  # rebuilt from the checkpoint's settings
     assert isinstance(model.clustering, expected)

@@ -14,8 +14,10 @@ import acorm_pl  # noqa: F401
 import numpy as np
 import pytest
 import torch
+from cli_errors import assert_one_line_error
 from engines import FOOTBALL_MISSING, football_available, football_required
 from mlflow.tracking import MlflowClient
+from paper_configs import config_args
 
 from acorm_pl.cli import main
 from acorm_pl.data.rollout import collect_rollout
@@ -61,12 +63,23 @@ def test_env_info_counts_the_left_outfield_players(scenario, options, n_agents, 
         ({"controlled_players": [0, 9]}, "controlled_players [0, 9] must be distinct left-team indices in [0, 4)"),
         ({"episode_limit": 1}, "episode_limit must be an integer >= 2, got 1"),
         ({"difficulty": 3}, "unknown GRF option 'difficulty'"),
+        ({"step_timeout": 0}, "step_timeout must be a positive number of seconds, got 0"),
+        ({"max_restarts": "x"}, "max_restarts must be a non-negative integer, got 'x'"),
     ],
 )
 def test_bad_options_give_one_line_errors(options, fragment):
     with pytest.raises(EnvConfigError) as err:
         football_env_info(THREE_VS_ONE, **options)
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_worker_option_on_the_command_line_is_one_line(workdir, capsys):
+    config = config_args("qmix", THREE_VS_ONE, "football")
+    assert_one_line_error(["fit", *config, "--data.env_kwargs", '{"reset_timeout": -5}'], capsys,
+                          "reset_timeout must be a positive number of seconds, got -5")
+    assert_one_line_error(["fit", *config, "--data.env_kwargs", '{"max_restart": 3}'], capsys,
+                          "unknown GRF option 'max_restart'; available: controlled_players, reward, episode_limit, "
+                          "step_timeout, reset_timeout, max_restarts")
 
 
 def test_unknown_scenario_lists_the_scenarios():
@@ -78,12 +91,14 @@ def test_unknown_scenario_lists_the_scenarios():
 
 
 def test_shapes_dtypes_and_state_layout(env_3v1):
-    obs, state, avail = env_3v1.reset()
-    assert obs.shape == (3, 115) and obs.dtype == np.float32
-    assert state.shape == (41,) and state.dtype == np.float32
-    assert avail.shape == (3, 19) and avail.dtype == bool and avail.all()
+    first = env_3v1.reset()
+    assert first.obs.shape == (3, 115) and first.obs.dtype == np.float32
+    assert first.state.shape == (41,) and first.state.dtype == np.float32
+    assert first.avail_actions.shape == (3, 19) and first.avail_actions.dtype == bool and first.avail_actions.all()
+    assert first.alive.dtype == bool and first.alive.tolist() == [True] * 3  # players never die
     for _ in range(3):
         res = env_3v1.step(np.array([IDLE, IDLE, IDLE]))
+        assert res.alive.all()
     raw = env_3v1._raw()
     s = res.state
     np.testing.assert_allclose(s[0:8], raw["left_team"].reshape(-1), rtol=1e-6)
@@ -180,9 +195,13 @@ def test_two_workers_collect_complete_episodes():
     try:
         rollout = collect_rollout(env, RandomActor(), explore=True)
         pids = env.worker_pids()
+        # the copy that finished first was left alone until the other one ended: no engine saw a step past its end
+        assert env.restarts == 0 and rollout.discarded == 0 and env.agent_features(rollout.episodes.state) is None
     finally:
         env.close()
     assert len(pids) == 2 and rollout.episodes.obs.shape[0] == 2
+    valid = torch.arange(rollout.episodes.max_t + 1) <= rollout.lengths.unsqueeze(1)
+    assert torch.equal(rollout.episodes.alive, valid.unsqueeze(-1).expand(-1, -1, 3))
     assert rollout.episodes.obs.shape[2:] == (3, 115) and rollout.episodes.state.shape[-1] == 41
     for e, length in enumerate(rollout.lengths.tolist()):
         assert 1 <= length <= 60
@@ -195,7 +214,7 @@ def test_two_workers_collect_complete_episodes():
 def test_short_fit_on_3_vs_1_with_two_workers_writes_an_mlflow_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    main(["fit", "--config", str(REPO / "conf" / "football" / f"acorm_{THREE_VS_ONE}.yaml"),
+    main(["fit", *config_args("acorm", THREE_VS_ONE, "football"),
           "--data.n_envs", "2", "--data.updates_per_collect", "1", "--data.buffer_size", "16",
           "--data.batch_size", "2", "--data.env_kwargs", '{"reward": "paper", "episode_limit": 40}',
           "--data.total_env_steps", "120", "--data.epoch_env_steps", "120", "--roles.interval", "2",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from acorm_pl.envs import EnvConfigError, EnvInfo, get_env_info
+from acorm_pl.envs import EnvConfigError, EnvInfo, get_env_info, smac
 from acorm_pl.envs.smac import (
     SMAC_INSTALL,
     SMACEnv,
@@ -98,22 +98,43 @@ def test_unknown_map_and_options_are_one_line_errors(fake_smac):
 def test_reset_and_step_shapes_dtypes_and_dead_agents(fake_smac):
     env = SMACEnv("fake_tiny", seed=1)
     info = env.info
-    obs, state, avail = env.reset()
-    assert obs.shape == (info.n_agents, info.obs_dim) and obs.dtype == np.float32
-    assert state.shape == (info.state_dim,) and state.dtype == np.float32
-    assert avail.shape == (info.n_agents, info.n_actions) and avail.dtype == np.bool_
-    assert not avail[:, 0].any()  # the no-op is for dead agents only
-    res = env.step(_first_available(avail))
+    first = env.reset()
+    assert first.obs.shape == (info.n_agents, info.obs_dim) and first.obs.dtype == np.float32
+    assert first.state.shape == (info.state_dim,) and first.state.dtype == np.float32
+    assert first.avail_actions.shape == (info.n_agents, info.n_actions) and first.avail_actions.dtype == np.bool_
+    assert first.alive.dtype == np.bool_ and first.alive.tolist() == [True, True]
+    assert not first.avail_actions[:, 0].any()  # the no-op is for dead agents only
+    res = env.step(_first_available(first.avail_actions))
     assert res.obs.dtype == np.float32 and res.avail_actions.dtype == np.bool_
     assert res.avail_actions[-1].tolist() == [True] + [False] * (info.n_actions - 1)  # the dead agent
+    assert res.alive.tolist() == [True, False]  # from the unit's health, as SMAC decides
     assert not res.obs[-1].any() and res.obs[0, 0] == pytest.approx(1 / info.episode_limit)
-    assert res.state[0] == 1.0
+    assert res.state[1] == pytest.approx(1 / info.episode_limit)  # ally 0's row: [health, cooldown, x, y]
+
+
+@pytest.mark.parametrize(("map_name", "names", "stride"),
+                         [("MMM2", ("marauder", "marine", "medivac"), 7), ("3s5z", ("stalker", "zealot"), 7),
+                          ("fake_tiny", ("marine",), 4)])
+def test_state_layout_decodes_health_and_unit_types(fake_smac, map_name, names, stride):
+    env = SMACEnv(map_name, seed=1)
+    layout = env.state_layout
+    assert (layout.n_agents, layout.stride, layout.type_names) == (env.info.n_agents, stride, names)
+    first = env.reset()
+    start = layout.decode(torch.from_numpy(first.state))
+    n = env.info.n_agents
+    assert start.health.tolist() == [1.0] * n and start.unit_type.tolist() == [i % len(names) for i in range(n)]
+    res = env.step(_first_available(first.avail_actions))
+    after = layout.decode(torch.from_numpy(np.stack([first.state, res.state])))  # any leading dimensions
+    assert after.health.shape == (2, n) and after.health[1, -1] == 0.0  # the last agent died
+    expected = 1.0 - 0.5 / env.info.episode_limit  # the double's health after one step
+    assert after.health[1, :-1].tolist() == pytest.approx([expected] * (n - 1))
+    assert after.type_names(0) == [names[i % len(names)] for i in range(n)]
+    assert SMACEnv(map_name, seed=1, obs_instead_of_state=True).state_layout is None
 
 
 def test_win_is_a_terminal_with_battle_won_and_reward_passes_through(fake_smac):
     env = SMACEnv("fake_tiny", seed=0)  # even seed: enemies die on step 2
-    _, _, avail = env.reset()
-    first = env.step(_first_available(avail))
+    first = env.step(_first_available(env.reset().avail_actions))
     assert (first.reward, first.terminated, first.truncated, first.battle_won) == (
         pytest.approx(0.1),
         False,
@@ -122,14 +143,12 @@ def test_win_is_a_terminal_with_battle_won_and_reward_passes_through(fake_smac):
     )
     last = env.step(_first_available(first.avail_actions))
     assert (last.reward, last.terminated, last.truncated, last.battle_won) == (pytest.approx(2.2), True, False, True)
-    after = env.step(_first_available(last.avail_actions))  # a finished copy in a lockstep batch
-    assert (after.reward, after.terminated, after.battle_won) == (0.0, True, True)
-    assert len(env.env.actions_received) == 2  # the game was not stepped again
+    assert len(env.env.actions_received) == 2
 
 
 def test_episode_limit_is_a_truncation_not_a_terminal(fake_smac):
     env = SMACEnv("fake_tiny", seed=1)  # odd seed: time-out at the limit of 6
-    _, _, avail = env.reset()
+    avail = env.reset().avail_actions
     results = []
     for _ in range(env.info.episode_limit):
         results.append(env.step(_first_available(avail)))
@@ -137,7 +156,7 @@ def test_episode_limit_is_a_truncation_not_a_terminal(fake_smac):
     assert [r.truncated for r in results] == [False] * 5 + [True]
     assert not any(r.terminated or r.battle_won for r in results)
     assert [r.reward for r in results] == pytest.approx([0.1 * t for t in range(1, 7)])
-    _, _, avail = env.reset()  # a new episode starts cleanly
+    avail = env.reset().avail_actions  # a new episode starts cleanly
     assert not env.step(_first_available(avail)).truncated
 
 
@@ -156,8 +175,7 @@ def test_step_before_reset_and_lost_connection(fake_smac):
     with pytest.raises(RuntimeError, match="reset"):
         SMACEnv("fake_tiny", seed=1).step(np.array([1, 1]))
     env = SMACEnv("fake_tiny", seed=1, env_cls=LosingConnectionEnv)
-    _, _, avail = env.reset()
-    res = env.step(_first_available(avail))
+    res = env.step(_first_available(env.reset().avail_actions))
     with pytest.raises(SMACEpisodeLost):
         env.step(_first_available(res.avail_actions))
 
@@ -249,13 +267,13 @@ def test_missing_map_file_and_other_game_versions(fake_smac, tmp_path, monkeypat
 # ---- worker pool --------------------------------------------------------------------------------------
 def test_vec_env_factory_contract(fake_smac, monkeypatch):
     calls = []
-    workers = types.ModuleType("acorm_pl.envs.workers")
-    workers.ProcessVecEnv = lambda factory, seeds, info, **kw: calls.append((factory, seeds, info, kw)) or "pool"
-    monkeypatch.setitem(sys.modules, "acorm_pl.envs.workers", workers)
+    monkeypatch.setattr(smac, "ProcessVecEnv", lambda factory, seeds, info, **kw: calls.append((factory, seeds, info,
+                                                                                               kw)) or "pool")
     out = make_smac_vec_env("fake_tiny", seeds=[3, 4], env_cls=FakeStarCraft2Env, step_timeout=5, difficulty=3)
     (factory, seeds, info, kw) = calls[0]
     assert out == "pool" and seeds == [3, 4] and info == smac_env_info("fake_tiny")
-    assert kw == {"step_timeout": 5, "reset_timeout": 300.0, "max_restarts": 100}
+    assert kw == {"step_timeout": 5, "reset_timeout": 300.0, "max_restarts": 100,
+                  "state_layout": SMACEnv("fake_tiny", 0).state_layout}
     env = pickle.loads(pickle.dumps(factory))(4)  # what a spawned worker does
     assert isinstance(env, SMACEnv) and env.seed == 4 and env.env.kwargs["difficulty"] == "3"
 
@@ -284,6 +302,14 @@ def test_rollout_through_worker_processes(fake_smac):
         assert rollout.won.tolist() == [True, False] and rollout.truncated.tolist() == [False, True]
         assert rollout.lengths.tolist() == [2, 6]
         assert rollout.returns.tolist() == pytest.approx([2.3, 2.1])
+        # copy 0 finished at step 2 while copy 1 played on: its game (which asserts it is not stepped after
+        # the end) was left alone, so no worker failed
+        assert env.restarts == 0 and rollout.discarded == 0
+        alive = rollout.episodes.alive  # the last agent dies on step 1; False past each episode's end
+        assert alive[:, :, 0].tolist() == [[True] * 3 + [False] * 4, [True] * 7]
+        assert alive[:, :, 1].tolist() == [[True] + [False] * 6, [True] + [False] * 6]
+        features = env.agent_features(rollout.episodes.state)
+        assert features.type_names(0, 0) == ["marine", "marine"] and features.health[1, 1:, 1].eq(0).all()
         env.save_replay()
     finally:
         env.close()

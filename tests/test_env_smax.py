@@ -29,6 +29,7 @@ class Rollout:
 
     state: torch.Tensor
     avail: torch.Tensor
+    alive: torch.Tensor
     reward: torch.Tensor
     terminated: torch.Tensor
     truncated: torch.Tensor
@@ -60,6 +61,7 @@ def play(env: SMAXVecEnv, policy=scripted, max_steps: int = 300) -> Rollout:
         for name, value in [
             ("state", out.state),
             ("avail", out.avail_actions),
+            ("alive", out.alive),
             ("reward", out.reward),
             ("terminated", out.terminated),
             ("truncated", out.truncated),
@@ -128,13 +130,42 @@ def test_reset_and_step_shapes(map_name: str, env3m: SMAXVecEnv, other_envs: dic
     assert out.reward.dtype == torch.float32
     assert out.terminated.dtype == out.truncated.dtype == out.battle_won.dtype == torch.bool
     assert out.avail_actions[..., STOP_ACTION].all()
-    assert len(env.unit_type_names) == a
+    assert first.alive.shape == out.alive.shape == (n, a) and first.alive.dtype == out.alive.dtype == torch.bool
+    assert first.alive.all()
 
 
-def test_unit_type_names(env3m: SMAXVecEnv, other_envs: dict) -> None:
-    assert env3m.unit_type_names == ["marine"] * 3
-    assert other_envs["2s3z"].unit_type_names == ["stalker"] * 2 + ["zealot"] * 3
-    assert other_envs["3s_vs_5z"].ally_unit_types.shape == (len(SEEDS), 3)
+@pytest.mark.parametrize("map_name", ["3m", "2s3z", "3s_vs_5z"])
+def test_alive_is_what_the_old_inference_gave(map_name: str, rollout3m: Rollout, env3m: SMAXVecEnv,
+                                              other_envs: dict) -> None:
+    """Agents used to be taken for alive when they had more than one available action. SMAX leaves a dead ally
+    only "stop" and a live one always its four moves as well, so the reported flag agrees everywhere."""
+    env = env3m if map_name == "3m" else other_envs[map_name]
+    roll = rollout3m if map_name == "3m" else play(env)
+    live = roll.live.unsqueeze(-1).expand_as(roll.alive)
+    assert torch.equal(roll.alive[live], (roll.avail.sum(-1) > 1)[live])
+    assert (~roll.alive[live]).any(), "some ally should die in the scripted episodes"
+    health = env.agent_features(roll.state).health
+    assert torch.equal(roll.alive[live], (health > 0)[live])
+
+
+def test_agent_features_decode_health_and_unit_types(env3m: SMAXVecEnv, other_envs: dict) -> None:
+    assert env3m.agent_features(env3m.reset().state).type_names(0) == ["marine"] * 3
+    features = other_envs["2s3z"].agent_features(other_envs["2s3z"].reset().state)
+    assert [features.type_names(i) for i in range(len(SEEDS))] == [["stalker"] * 2 + ["zealot"] * 3] * len(SEEDS)
+    assert features.health.shape == (len(SEEDS), 5) and torch.equal(features.health, torch.ones(len(SEEDS), 5))
+
+
+def test_unit_types_drawn_per_episode_are_decoded_per_copy() -> None:
+    with SMAXVecEnv("smacv2_5_units", seeds=list(range(8))) as env:
+        state = env.reset().state
+        features = env.agent_features(state)
+        fns = env._require_open()
+        n_units, n_types = 10, len(fns.env.unit_type_names)
+        # the state's own block of type indices (divided by the largest index), allies first
+        start = n_units * (UNIT_FEATURES + 1)
+        indices = (state[:, start : start + 5] * (n_types - 1)).round().long()
+    assert torch.equal(features.unit_type, indices)
+    assert len({tuple(features.type_names(i)) for i in range(8)}) > 1  # copies drew different teams
 
 
 def test_reset_is_out_of_range_and_quiet(env3m: SMAXVecEnv) -> None:

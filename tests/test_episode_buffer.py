@@ -4,6 +4,7 @@ wrap-around, padded samples, checkpoints, the memory formula and the half-precis
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,12 +16,12 @@ from scripted_env import ScriptedVecEnv
 from acorm_pl import envs
 from acorm_pl.algos import QMIX
 from acorm_pl.data import EpisodeBatch, EpisodeReplayBuffer, RolloutDataModule
-from acorm_pl.data.episode_buffer import buffer_nbytes, pack_bits, step_nbytes, unpack_bits
+from acorm_pl.data.episode_buffer import alive_from_avail, buffer_nbytes, pack_bits, step_nbytes, unpack_bits
 from acorm_pl.envs.base import EnvInfo
 
 INFO = EnvInfo(n_agents=3, n_actions=11, obs_dim=5, state_dim=4, episode_limit=9)
 MMM2 = EnvInfo(n_agents=10, n_actions=18, obs_dim=176, state_dim=322, episode_limit=180)
-FIELDS = ("obs", "state", "avail_actions", "actions", "reward", "terminated", "filled")
+FIELDS = ("obs", "state", "avail_actions", "actions", "reward", "terminated", "filled", "alive")
 
 
 def make_episodes(lengths: list[int], first_id: int = 0, info: EnvInfo = INFO, seed: int = 0) -> EpisodeBatch:
@@ -34,6 +35,8 @@ def make_episodes(lengths: list[int], first_id: int = 0, info: EnvInfo = INFO, s
     step_live = (torch.arange(t) < lengths_t.unsqueeze(1)).float()  # [B, T]
     obs = (torch.rand(b, t + 1, n, info.obs_dim, generator=g) * 2 - 1)
     obs[..., 0] = (torch.arange(b) + first_id).float().view(b, 1, 1)
+    # unrelated to the available actions, so a round trip can only be exact if alive is stored
+    alive = (torch.rand(b, t + 1, n, generator=g) < 0.7) & obs_live.bool().unsqueeze(-1)
     terminated = torch.zeros(b, t)
     terminated[torch.arange(b), lengths_t - 1] = (torch.rand(b, generator=g) < 0.5).float()
     return EpisodeBatch(
@@ -44,6 +47,7 @@ def make_episodes(lengths: list[int], first_id: int = 0, info: EnvInfo = INFO, s
         reward=torch.randn(b, t, generator=g) * step_live,
         terminated=terminated,
         filled=step_live,
+        alive=alive,
     )
 
 
@@ -156,13 +160,38 @@ def test_checkpoint_of_the_padded_layout_loads():
     assert episodes.max_t == INFO.episode_limit  # the earlier layout padded every episode to the limit
     # 4 slots, full, written round-robin so that the oldest episode sits at insert_pos 1
     order = torch.tensor([3, 0, 1, 2])
-    old = {"storage": {k: getattr(episodes, k)[order] for k in FIELDS},
+    old = {"storage": {k: getattr(episodes, k)[order] for k in FIELDS if k != "alive"},  # it had no alive
            "lengths": torch.tensor(lengths)[order], "insert_pos": 1, "size": 4, "episodes_added": 7, "capacity": 4,
            "generator": torch.Generator().manual_seed(5).get_state()}
     buf = EpisodeReplayBuffer(INFO, capacity=4, steps=30)
     buf.load_state_dict(old)
     assert buf.lengths.tolist() == lengths and buf.episodes_added == 7
-    assert_same(buf.get(torch.arange(4)), episodes)
+    assert_same(buf.get(torch.arange(4)), replace(episodes, alive=alive_from_avail(episodes.avail_actions)))
+
+
+def test_checkpoint_from_before_alive_was_stored_derives_it_from_the_available_actions():
+    lengths = [4, 9, 2]
+    episodes = make_episodes(lengths)
+    buf = EpisodeReplayBuffer(INFO, capacity=4, steps=30)
+    buf.add(episodes, torch.tensor(lengths))
+    state = buf.state_dict()
+    del state["steps"]["alive"]  # as an older version saved it
+    old = EpisodeReplayBuffer(INFO, capacity=4, steps=30)
+    old.load_state_dict(state)
+    derived = alive_from_avail(episodes.avail_actions)  # the rule the algorithms used then: > 1 available action
+    assert_same(old.get(torch.arange(3)), replace(episodes, alive=derived))
+    assert not torch.equal(derived, episodes.alive)  # a new buffer keeps what the environment said instead
+    assert_same(buf.get(torch.arange(3)), episodes)
+    assert torch.equal(alive_from_avail(torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 0]]).bool()),
+                       torch.tensor([False, True, False]))
+
+
+def test_a_batch_built_without_alive_takes_the_rule_of_the_available_actions():
+    episodes = make_episodes([3, 5])
+    fields = {k: getattr(episodes, k) for k in FIELDS if k != "alive"}
+    built = EpisodeBatch(**fields)
+    assert torch.equal(built.alive, alive_from_avail(episodes.avail_actions)) and built.alive.shape == (2, 6, 3)
+    assert built.truncate(2).alive.shape == (2, 3, 3) and EpisodeBatch.cat([built, built]).alive.shape == (4, 6, 3)
 
 
 def test_load_rejects_other_capacity_map_or_too_small_ring():
@@ -189,14 +218,15 @@ def test_add_accepts_whole_episodes_only():
 
 def test_memory_formula_and_mmm2_figures():
     buf = EpisodeReplayBuffer(INFO, capacity=4, steps=30, obs_dtype="bfloat16")
-    # per slot: obs 3x5 + state 4 in 2 bytes, avail 3 x 2 packed bytes, actions 3 x uint8, reward 4, terminal 1
-    per_step = 3 * 5 * 2 + 4 * 2 + 3 * 2 + 3 + 4 + 1
+    # per slot: obs 3x5 + state 4 in 2 bytes, avail 3 x 2 packed bytes, alive 1 packed byte, actions 3 x uint8,
+    # reward 4, terminal 1
+    per_step = 3 * 5 * 2 + 4 * 2 + 3 * 2 + 1 + 3 + 4 + 1
     assert step_nbytes(INFO, torch.bfloat16) == per_step
     assert buf.nbytes == sum(v.numel() * v.element_size() for v in buf.storage.values()) + 2 * 4 * 8
     assert buf.nbytes == (30 + 4 + 1) * per_step + 64 == buffer_nbytes(INFO, 4, 30, torch.bfloat16)  # + zero slot
     # the target: 5000 MMM2 episodes of 120 steps
     f32 = EpisodeReplayBuffer(MMM2, capacity=5000, steps=600_000, device="meta")
-    assert f32.nbytes == 605_001 * (10 * 176 * 4 + 322 * 4 + 10 * 3 + 10 + 5) + 80_000  # 4.72 GiB
+    assert f32.nbytes == 605_001 * (10 * 176 * 4 + 322 * 4 + 10 * 3 + 2 + 10 + 5) + 80_000  # 4.72 GiB; alive 2 bytes
     half = EpisodeReplayBuffer(MMM2, capacity=5000, steps=600_000, device="meta", obs_dtype="float16")
     assert half.nbytes == buffer_nbytes(MMM2, 5000, 600_000, torch.float16) < 4 * 2**30
     assert EpisodeReplayBuffer(MMM2, capacity=5000, device="meta").slots == 5000 * 181  # steps=None: the limit

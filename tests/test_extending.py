@@ -11,6 +11,7 @@ import pytest
 import torch
 from cli_errors import assert_one_line_error
 from mlflow.tracking import MlflowClient
+from paper_configs import config_args
 
 from acorm_pl.analysis.demo import QUICK
 from acorm_pl.analysis.inspect import load_checkpoint
@@ -83,9 +84,9 @@ def test_each_fit_of_the_guide_runs(guide_package, index):
 
 
 def test_unknown_env_family_is_one_line(workdir, capsys):
-    config = str(REPO / "conf" / "smax" / "qmix_3m.yaml")
-    assert_one_line_error(["fit", "--config", config, "--data.env", "nopkg.mpe.FAMILY"], capsys,
+    config = config_args("qmix", "3m")
+    assert_one_line_error(["fit", *config, "--data.env", "nopkg.mpe.FAMILY"], capsys,
                           "unknown environment family 'nopkg.mpe.FAMILY'; available: football, smac, smax, or "
                           "the import path of a pair (env_info, make)")
-    assert_one_line_error(["fit", "--config", config, "--data.env", "acorm_pl.envs.FAMILIES"], capsys,
+    assert_one_line_error(["fit", *config, "--data.env", "acorm_pl.envs.FAMILIES"], capsys,
                           "the import path of a pair (env_info, make)")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from cli_errors import all_runs, assert_one_line_error, one_line_error
 from mlflow.tracking import MlflowClient
+from paper_configs import config_args
 
 from acorm_pl.algos import ACORM, QMIX
 from acorm_pl.analysis import load_checkpoint
@@ -47,15 +48,16 @@ def _finite(path: Path) -> bool:
 @pytest.mark.parametrize(
     ("config", "args", "loss"),
     [
-        ("quickstart.yaml", ["--data.buffer_size", "64", "--model.init_args.adam_eps", "0"], "TD loss = nan"),
-        ("smax/mappo_3m.yaml", ["--data.batch_size", "8", "--model.init_args.actor_lr", "1e30",
+        (["--config", str(REPO / "conf" / "quickstart.yaml")], ["--data.buffer_size", "64",
+                                                                "--model.init_args.adam_eps", "0"], "TD loss = nan"),
+        (config_args("mappo", "3m"), ["--data.batch_size", "8", "--model.init_args.actor_lr", "1e30",
                                 "--model.init_args.critic_lr", "1e30", "--model.init_args.grad_clip_norm", "0"],
          "PPO value loss = "),
     ],
     ids=["qmix adam_eps 0", "mappo lr 1e30"],
 )
 def test_a_diverging_run_stops_at_that_update_in_one_line(config, args, loss, workdir, capsys):
-    line = one_line_error(["fit", "--config", str(REPO / "conf" / config), *TINY, *args], capsys)
+    line = one_line_error(["fit", *config, *TINY, *args], capsys)
     assert line.startswith("acorm-pl: error: training diverged after ") and ", at env step " in line, line
     assert loss in line and "largest |gradient| = " in line, line
     (run,) = all_runs(workdir)
@@ -77,21 +79,21 @@ def test_the_contrastive_step_is_guarded_too():
     model = ACORM(env_info=INFO, embed_dim=8, role_dim=4, role_hidden_dim=0, state_embed_dim=4, n_heads=1,
                   attn_dim=4, attn_out_dim=4, hypernet_embed=8, mixing_embed_dim=4)
     model.manual_backward = lambda loss: loss.backward()  # no Trainer here
-    _, opt = model.configure_optimizers()
+    opt = model.roles.named_optimizers()["contrastive"]
     batch = _batch()
     embeddings = model.agent_embeddings(batch)
     labels = torch.tensor([0, 0, 1]).expand(*embeddings.shape[:3])
-    before = [p.detach().clone() for p in model.role_head.contrastive_parameters()]
-    model.contrastive_update(batch, embeddings, labels, opt)  # finite: the step is taken
-    assert any(not torch.equal(a, p) for a, p in zip(before, model.role_head.contrastive_parameters(), strict=True))
+    before = [p.detach().clone() for p in model.roles.head.contrastive_parameters()]
+    model.roles.contrastive_update(model, batch, embeddings, labels, opt)  # finite: the step is taken
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.roles.head.contrastive_parameters(), strict=True))
     with pytest.raises(DivergenceError, match=r"after 0 updates, at env step 0: contrastive loss = nan"):
-        model.contrastive_update(batch, embeddings * math.nan, labels, opt)
+        model.roles.contrastive_update(model, batch, embeddings * math.nan, labels, opt)
 
 
 def test_non_finite_weights_are_named_and_never_checkpointed():
     model = QMIX(env_info=INFO, embed_dim=8, hypernet_embed=8, mixing_embed_dim=4, grad_clip_norm=0)
     model.manual_backward = lambda loss: loss.backward()
-    opt = model.configure_optimizers()
+    opt = model.named_optimizers()["td"]
     model.td_update(_batch(), opt)  # finite
     with torch.no_grad():
         model.mixer.hyper_b1.weight[0, 0] = math.inf
@@ -184,7 +186,7 @@ def test_ctrl_c_outside_a_run_ends_in_one_line(workdir, capsys, monkeypatch):
 
 # ---- bad input ----------------------------------------------------------------------------------------------
 def test_n_clusters_above_the_number_of_agents_is_refused_before_anything_starts(workdir, capsys):
-    assert_one_line_error(["fit", "--config", str(REPO / "conf" / "smax" / "acorm_3m.yaml"),
+    assert_one_line_error(["fit", *config_args("acorm", "3m"),
                            "--model.init_args.n_clusters", "7"], capsys,
                           "model.n_clusters must not exceed the number of agents (3 on this map), got 7")
     assert not all_runs(workdir)
@@ -228,9 +230,9 @@ def test_a_map_whose_engine_is_missing_fails_in_one_line(workdir, capsys, monkey
     for name in ["gfootball", *(n for n in sys.modules if n.startswith("gfootball."))]:
         monkeypatch.setitem(sys.modules, name, None)  # as on a machine without gfootball
     scenario_layout.cache_clear()  # read from gfootball by earlier tests of the session
-    config = REPO / "conf" / "football" / "qmix_academy_3_vs_1_with_keeper.yaml"
+    config = config_args("qmix", "academy_3_vs_1_with_keeper", "football")
     # Tiny settings, so that if the engine were found after all the test fails fast instead of training.
-    line = one_line_error(["fit", "--config", str(config), *TINY, "--data.n_envs", "1", "--data.buffer_size", "8",
+    line = one_line_error(["fit", *config, *TINY, "--data.n_envs", "1", "--data.buffer_size", "8",
                            "--data.total_env_steps", "1", "--evaluation.n_eval_episodes", "1"], capsys)
     assert "Google Research Football is not installed" in line and "bash scripts/install_football.sh" in line, line
     assert not all_runs(workdir)

@@ -38,7 +38,8 @@ def test_inspect_acorm_checkpoint(tmp_path, monkeypatch):
         assert rec.attention.shape == (t, 4, 3)
         assert torch.allclose(rec.attention.sum(-1), torch.ones(t, 4), atol=1e-5)
         assert ((rec.cluster_labels >= 0) == rec.alive).all()
-        assert rec.unit_types == ["marine"] * 3
+        assert rec.unit_types == ["marine"] * 3  # decoded from the state by the SMAX adapter
+        assert rec.alive.dtype == torch.bool and torch.equal(rec.health > 0, rec.alive)  # as the environment said
         assert rec.actions.shape == (t, 3) and rec.rewards.sum().item() == pytest.approx(rec.episode_return)
     # the same seed gives the same greedy episodes
     again = inspect_checkpoint(ckpt, n_episodes=3, seed=5)

@@ -9,13 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from paper_configs import config_args
 from scripted_env import ScriptedVecEnv
-from test_cli import REPO, _checkpoints, _client, _ddp_fit, _runs
+from test_cli import _checkpoints, _client, _ddp_fit, _runs
 
 import acorm_pl.data.datamodule as datamodule
 from acorm_pl.algos import ACORM, ACORMMAPPO, MAPPO
-from acorm_pl.algos.base import alive_agents
-from acorm_pl.algos.roles import ContrastiveRoles
+from acorm_pl.algos.base import MARLModule
+from acorm_pl.algos.roles import RoleLearning
 from acorm_pl.callbacks import RoleClustering
 from acorm_pl.cli import main
 from acorm_pl.data import EpisodeBatch, RolloutDataModule, collect_rollout
@@ -35,7 +36,7 @@ def _env() -> ScriptedVecEnv:
 
 def _model(cls=MAPPO, **kw):
     torch.manual_seed(0)
-    extra = ROLES if issubclass(cls, ContrastiveRoles) else {}
+    extra = ROLES if cls is ACORMMAPPO else {}
     return cls(env_info=_env().info.as_dict(), **{**SMALL, **extra, **kw})
 
 
@@ -82,7 +83,9 @@ def test_evaluation_acts_greedily_and_exploration_samples():
 def test_loss_mask_keeps_valid_steps_of_alive_agents():
     model = _model()
     batch = collect_rollout(_env(), model, explore=True).episodes
-    batch.avail_actions[1, 2:, 0, 1:] = False  # agent 0 of episode 1 dies at t = 2: only the no-op is left
+    # Agent 0 of episode 1 dies at t = 2, as the environment reports it; its available actions are left as they
+    # were, so the mask must follow the reported death, not infer it from the actions.
+    batch.alive[1, 2:, 0] = False
     mask = model.loss_mask(batch)
     assert mask.shape == (3, 6, 3)
     assert torch.all(mask[0, 3:] == 0) and torch.all(mask[0, :3] == 1)  # episode 0 is 3 steps long
@@ -92,11 +95,11 @@ def test_loss_mask_keeps_valid_steps_of_alive_agents():
 def test_critic_attention_ignores_dead_and_padded_agents():
     model = _model(ACORMMAPPO)
     batch = collect_rollout(_env(), model, explore=True).episodes
-    batch.avail_actions[2, 1:, 1, 1:] = False  # agent 1 of episode 2 is dead from t = 1
+    batch.alive[2, 1:, 1] = False  # agent 1 of episode 2 is dead from t = 1, as the environment reports it
     agents = model.evaluate(batch).agents
     cond = model.critic_conditioning(batch, agents)
     weights = model.last_attention  # [B, T+1, heads, N]
-    present = alive_agents(batch.avail_actions)
+    present = batch.alive
     assert torch.all(weights.permute(0, 1, 3, 2)[~present] == 0)
     assert torch.all(weights[0, 4:] == 0)  # after episode 0's final observation (t = 3) nobody is present
     roles = agents.roles.clone()
@@ -107,13 +110,12 @@ def test_critic_attention_ignores_dead_and_padded_agents():
 
 def test_acorm_mappo_runs_the_very_code_of_acorm_qmix():
     mappo, qmix = _model(ACORMMAPPO), ACORM(env_info=_env().info.as_dict(), embed_dim=16, **ROLES)
-    for name in ("contrastive_update", "training_step", "agent_embeddings", "role_conditioning", "build_agent",
-                 "build_role_head", "build_state_input", "on_agent_output", "named_optimizers", "setup"):
-        assert getattr(ACORMMAPPO, name) is getattr(ACORM, name) is getattr(ContrastiveRoles, name), name
-    for model, state_input in ((mappo, mappo.critic_input), (qmix, qmix.mixer_input)):
-        assert type(model.role_head) is ContrastiveRoleHead and type(model.agent) is RoleQAgent
-        assert type(state_input) is AttentionMixerInput
-        assert model.agent.role_encoder is model.role_head.query_encoder  # the actor's z is the query encoder's
+    for name in ("training_step", "agent_embeddings", "on_agent_output", "configure_optimizers", "setup"):
+        assert getattr(ACORMMAPPO, name) is getattr(ACORM, name) is getattr(MARLModule, name), name
+    for model in (mappo, qmix):
+        assert type(model.roles) is RoleLearning and type(model.agent) is RoleQAgent
+        assert type(model.roles.head) is ContrastiveRoleHead and type(model.roles.state_input) is AttentionMixerInput
+        assert model.agent.role_encoder is model.roles.head.query_encoder  # the actor's z is the query encoder's
     batch = collect_rollout(_env(), mappo, explore=True).episodes
     labels = RoleClustering(interval=1).cluster(mappo, batch)
     assert labels.shape == batch.actions.shape and int(labels.max()) <= 2
@@ -129,8 +131,9 @@ def test_all_switches_off_is_mappo():
     assert torch.equal(a.log_probs, b.log_probs) and torch.equal(a.values, b.values)
     off.configure_optimizers()
     full = _model(ACORMMAPPO)
-    full.configure_optimizers()
+    configs = full.configure_optimizers()
     assert off.optimizer_names == ["actor", "critic"] and full.optimizer_names == ["actor", "critic", "contrastive"]
+    assert full.lr_scheduler_names == ["actor", "critic"] and "lr_scheduler" not in configs[2]  # constant lr
 
 
 def test_policy_loss_trains_the_actor_and_value_loss_the_critic_side_only():
@@ -139,13 +142,14 @@ def test_policy_loss_trains_the_actor_and_value_loss_the_critic_side_only():
     out = model.evaluate(batch)
     out.values.sum().backward(retain_graph=True)
     grads = {n: p.grad for n, p in model.named_parameters()}
-    assert all(grads[n] is None for n in grads if n.startswith(("agent.", "role_head.")))
-    assert all(grads[n] is not None for n in grads if n.startswith(("critic.", "critic_input.")))
+    assert all(grads[n] is None for n in grads if n.startswith(("agent.", "roles.head.")))
+    assert all(grads[n] is not None for n in grads if n.startswith(("critic.", "roles.state_input.")))
     model.zero_grad(set_to_none=True)
     (out.log_probs.sum() + out.entropy.sum()).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    assert all(grads[n] is not None for n in grads if n.startswith(("agent.", "role_head.query_encoder.")))
-    assert all(grads[n] is None for n in grads if n.startswith(("critic", "role_head.W", "role_head.key_encoder")))
+    assert all(grads[n] is not None for n in grads if n.startswith(("agent.", "roles.head.query_encoder.")))
+    assert all(grads[n] is None for n in grads
+               if n.startswith(("critic.", "roles.state_input.", "roles.head.W", "roles.head.key_encoder")))
 
 
 def test_value_normalizer_statistics_and_round_trip():
@@ -212,9 +216,9 @@ TINY = [
     "--evaluation.eval_interval", "200", "--evaluation.n_eval_episodes", "4", "--model.init_args.ppo_epochs", "2",
     "--trainer.enable_model_summary", "false", "--trainer.enable_progress_bar", "false",
 ]
-TINY_MAPPO = ["--config", str(REPO / "conf" / "smax" / "mappo_3m.yaml"), *TINY]
+TINY_MAPPO = [*config_args("mappo", "3m"), *TINY]
 TINY_ACORM_MAPPO = [
-    "--config", str(REPO / "conf" / "smax" / "acorm_mappo_3m.yaml"), *TINY, "--model.init_args.embed_dim", "32",
+    *config_args("acorm_mappo", "3m"), *TINY, "--model.init_args.embed_dim", "32",
     "--model.init_args.n_clusters", "2", "--roles.interval", "1",
 ]
 PPO_METRICS = ("train/policy_loss", "train/value_loss", "train/entropy", "train/approx_kl", "train/clip_fraction",

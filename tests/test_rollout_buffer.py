@@ -134,3 +134,31 @@ def test_buffer_add_of_no_episodes_is_a_no_op(rollout):
     buf.add(empty.select(torch.arange(0)), rollout.lengths[:0])
     assert (len(buf), buf.used, buf.episodes_added) == (3, 15, 3)
     assert all(torch.equal(before[k], buf.storage[k]) for k in before)
+
+
+class FirstAvailable:
+    """Takes each agent's first available action (a dead agent's only one, 0)."""
+
+    def initial_state(self, n_envs: int) -> None:
+        return None
+
+    def act(self, obs, last_actions, avail, hidden, explore):
+        return avail.int().argmax(-1), hidden
+
+
+def test_alive_as_the_environment_reports_it_through_rollout_and_buffer():
+    # the last agent of copy 0 dies at step 1, of copy 2 at step 3; copy 1's lives on
+    env = ScriptedVecEnv(lengths=[2, 6, 4], won=[True, False, False], limit=6, deaths=[1, None, 3])
+    r = collect_rollout(env, FirstAvailable(), explore=True)
+    alive = r.episodes.alive
+    assert alive.dtype == torch.bool and alive.shape == (3, 7, 2)
+    assert alive[:, :, 0].tolist() == [[True] * 3 + [False] * 4, [True] * 7, [True] * 5 + [False] * 2]
+    assert alive[:, :, 1].tolist() == [[True] + [False] * 6, [True] * 7, [True] * 3 + [False] * 4]
+    assert torch.equal(alive[:, :-1] & r.episodes.filled.bool().unsqueeze(-1),
+                       (r.episodes.avail_actions[:, :-1].sum(-1) > 1) & r.episodes.filled.bool().unsqueeze(-1))
+    buf = EpisodeReplayBuffer(_info(), capacity=4)
+    buf.add(r.episodes, r.lengths)
+    assert torch.equal(buf.get(torch.arange(3)).alive, alive)
+    restored = EpisodeReplayBuffer(_info(), capacity=4)
+    restored.load_state_dict(buf.state_dict())
+    assert torch.equal(restored.sample(3).alive.sum(), alive.sum())

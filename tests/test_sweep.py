@@ -170,7 +170,9 @@ def _sweep_file(tmp_path: Path, text: str) -> Path:
 GOOD = """name: bad
 variants:
   QMIX:
-    config: conf/smax/qmix_{map}.yaml
+    config:
+      - conf/algo/qmix.yaml
+      - conf/env/smax/{map}.yaml
 seeds: [0]
 grid: {map: [3m]}
 """
@@ -180,7 +182,7 @@ grid: {map: [3m]}
     (GOOD.replace("seeds:", "seed:"), "unknown key(s) ['seed']"),
     (GOOD + "overrides: {data.totl_env_steps: 1000}\n", "trial QMIX-3m-s0: unrecognized arguments: "
                                                         "--data.totl_env_steps"),
-    (GOOD.replace("qmix_{map}", "qmx_{map}"), "variant QMIX: config file"),
+    (GOOD.replace("algo/qmix.yaml", "algo/qmx.yaml"), "variant QMIX: config file"),
     (GOOD.replace("{map: [3m]}", "{map: [3m], mapp: [1]}"), "'mapp' is neither a fit option"),
     (GOOD + "overrides: {seed_everything: 3}\n", "'seed_everything' is set by the sweep for every trial"),
     (GOOD + "overrides: {total_env_steps: 3}\n", "'total_env_steps' is not a fit option"),
@@ -198,14 +200,14 @@ def test_a_bad_sweep_file_fails_before_anything_starts(tmp_path, capsys, monkeyp
 def test_trials_expand_seed_major_with_overrides_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     text = GOOD.replace("seeds: [0]", "seeds: [0, 1]").replace("{map: [3m]}", "{map: [3m, 8m], data.n_envs: [2]}")
-    text = text.replace("qmix_{map}.yaml\n", "qmix_{map}.yaml\n    overrides: {data.n_envs: 4, data.batch_size: 8}\n"
-                        "  ACORM: conf/smax/acorm_{map}.yaml\n")
+    text = text.replace("smax/{map}.yaml\n", "smax/{map}.yaml\n    overrides: {data.n_envs: 4, data.batch_size: 8}\n"
+                        "  ACORM:\n    config:\n      - conf/algo/acorm.yaml\n      - conf/env/smax/{map}.yaml\n")
     sweep = load_sweep(_sweep_file(tmp_path, text + "overrides: {data.batch_size: 16}\n"), tmp_path / "d")
     trials = sweep.trials()
     assert [t.trial_id for t in trials] == [f"{v}-{m}-2-s{s}" for s in (0, 1) for m in ("3m", "8m")
                                             for v in ("QMIX", "ACORM")]
     qmix = trials[0]
-    assert qmix.configs == (REPO / "conf" / "smax" / "qmix_3m.yaml",)
+    assert qmix.configs == (REPO / "conf" / "algo" / "qmix.yaml", REPO / "conf" / "env" / "smax" / "3m.yaml")
     # the sweep's overrides, then the variant's, then the grid point's: later ones win on the command line
     assert qmix.overrides == ("--data.batch_size=16", "--data.n_envs=4", "--data.batch_size=8", "--data.n_envs=2")
     args = sweep.fit_args(qmix)

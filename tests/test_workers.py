@@ -20,12 +20,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 from scripted_env import ScriptedVecEnv
-from worker_envs import INFO, LIMIT, ToyEnv, broken_factory, episode_length, expected_obs, expected_state
+from worker_envs import (
+    INFO,
+    LIMIT,
+    ToyEnv,
+    broken_factory,
+    episode_length,
+    expected_alive,
+    expected_obs,
+    expected_state,
+)
 
 from acorm_pl import envs
 from acorm_pl.data import EpisodeReplayBuffer, RolloutDataModule, collect_rollout
 from acorm_pl.envs.base import EnvConfigError, StepResult
-from acorm_pl.envs.workers import ProcessVecEnv, restart_seed
+from acorm_pl.envs.workers import ProcessVecEnv, WorkerOptions, restart_seed
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
 LOGGER = "acorm_pl.envs.workers"
@@ -114,6 +123,7 @@ def test_reset_step_values_and_finished_copies_wait(env3):
     assert first.obs.shape == (3, 2, 3) and first.obs.dtype == torch.float32
     assert first.state.shape == (3, 3) and first.state.dtype == torch.float32
     assert first.avail_actions.shape == (3, 2, 4) and first.avail_actions.dtype == torch.bool
+    assert first.alive.shape == (3, 2) and first.alive.dtype == torch.bool and first.alive.all()
     for e, seed in enumerate(SEEDS3):
         assert first.obs[e].tolist() == expected_obs(seed, 0).tolist()
         assert first.avail_actions[e, :, :3].all() and not first.avail_actions[e, :, 3].any()
@@ -123,12 +133,15 @@ def test_reset_step_values_and_finished_copies_wait(env3):
         for e, (seed, length) in enumerate(zip(SEEDS3, LENGTHS3)):
             now = min(t, length)  # a finished copy repeats its last result
             assert res.obs[e].tolist() == expected_obs(seed, now).tolist()
+            assert res.alive[e].tolist() == expected_alive(now).tolist()
             assert res.state[e].tolist() == expected_state(seed, now, _action_sum(now)).tolist()
             assert bool(res.terminated[e]) == (t >= length and length < LIMIT)
             assert bool(res.truncated[e]) == (t >= length and length == LIMIT)
             assert bool(res.battle_won[e]) == (t >= length and length < LIMIT and seed % 2 == 0)
         assert res.reward.tolist() == [1.0, 1.0, 1.0]
-    assert env3.restarts == 0  # ToyEnv raises if stepped after its episode ended: that would restart it
+    # The proof that finished copies are never stepped: ToyEnv raises if stepped after its episode ended, which
+    # would have restarted its worker; every copy got 1 to 5 lockstep steps after its end here.
+    assert env3.restarts == 0
     assert env3.worker_pids() == pids and env3.state_dict() == {}
     env3.save_replay()
     assert env3.restarts == 0
@@ -149,6 +162,7 @@ def test_collect_rollout_through_workers_matches_the_script(env3):
             state = expected_state(seed, t, _action_sum(t)).tolist() if on else [0.0] * 3
             assert ep.state[e, t].tolist() == state
             assert bool(ep.avail_actions[e, t].any()) == on
+            assert ep.alive[e, t].tolist() == (expected_alive(t).tolist() if on else [False, False])
         for t in range(t_max):
             step = t < length
             assert ep.actions[e, t].tolist() == (_actions(t, 1)[0].tolist() if step else [0, 0])
@@ -286,6 +300,16 @@ def test_invalid_options_are_one_line_config_errors(kwargs, message):
     with pytest.raises(EnvConfigError, match=message) as err:
         ProcessVecEnv(args.pop("factory"), args.pop("seeds"), args.pop("info"), **args)
     assert "\n" not in str(err.value)
+    worker_options = {k: v for k, v in kwargs.items() if k not in ("seeds", "factory")}
+    if worker_options:  # the one definition every family checks them with says the same
+        with pytest.raises(EnvConfigError, match=message):
+            WorkerOptions.split({"reward": "paper", **worker_options})
+
+
+def test_worker_options_split_from_a_familys_options():
+    options, rest = WorkerOptions.split({"reward": "paper", "step_timeout": 5, "episode_limit": 9})
+    assert options == WorkerOptions(step_timeout=5) and rest == {"reward": "paper", "episode_limit": 9}
+    assert (options.reset_timeout, options.max_restarts) == (300.0, 100)
 
 
 # ---- rollout and DataModule with discarded episodes ------------------------------------------------------
@@ -315,7 +339,7 @@ def test_rollout_drops_discarded_episodes_whole():
     assert r.won.tolist() == [True, False] and r.truncated.tolist() == [False, False]
     assert r.returns.tolist() == [2.0, 4.0] and r.episodes.max_t == 4  # cut to the longest kept episode
     kept = full.episodes.truncate(4)
-    for name in ("obs", "state", "avail_actions", "actions", "reward", "terminated", "filled"):
+    for name in ("obs", "state", "avail_actions", "alive", "actions", "reward", "terminated", "filled"):
         assert torch.equal(getattr(r.episodes, name), getattr(kept, name)[[0, 2]]), name
     none = collect_rollout(DiscardingVecEnv([2, 3], [False, False], {0: 1, 1: 2}), StepActor(), explore=True)
     assert none.discarded == 2 and none.n_episodes == 0 and none.env_steps == 0 and none.episodes.batch_size == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from paper_configs import paper_config
 
 from acorm_pl.analysis.demo import train_small_run
 
@@ -25,7 +26,7 @@ def tiny_acorm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if done.is_file():
         return Path(done.read_text())
     workdir.mkdir(exist_ok=True)
-    ckpt = train_small_run(REPO / "conf" / "smax" / "acorm_3m.yaml", workdir, RUN_NAME, env_steps=400,
+    ckpt = train_small_run(paper_config("acorm", "3m"), workdir, RUN_NAME, env_steps=400,
                            eval_interval=200, quick=True,
                            extra=["--trainer.callbacks+=acorm_pl.callbacks.RoleFigures",
                                   "--trainer.callbacks.interval", "200"])

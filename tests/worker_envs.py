@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from acorm_pl.envs.base import EnvInfo, SingleEnv, SingleStep
+from acorm_pl.envs.base import EnvInfo, SingleEnv, SingleReset, SingleStep
 
 N_AGENTS, N_ACTIONS, N_AVAIL, LIMIT = 2, 4, 3, 6
 INFO = EnvInfo(n_agents=N_AGENTS, n_actions=N_ACTIONS, obs_dim=3, state_dim=3, episode_limit=LIMIT)
@@ -33,6 +33,11 @@ def expected_obs(seed: int, t: int) -> np.ndarray:
 def expected_state(seed: int, t: int, action_sum: int) -> np.ndarray:
     """state = (seed, t, sum of every action received this episode)."""
     return np.array([seed, t, action_sum], dtype=np.float32)
+
+
+def expected_alive(t: int) -> np.ndarray:
+    """Agent 0 lives all episode; agent 1 dies on step 3 (its available actions do not change: a toy)."""
+    return np.array([True, t < 3])
 
 
 class ToyEnv(SingleEnv):
@@ -75,9 +80,10 @@ class ToyEnv(SingleEnv):
         avail[:, :N_AVAIL] = True
         return avail
 
-    def reset(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def reset(self) -> SingleReset:
         self.t, self.action_sum, self.done = 0, 0, False
-        return expected_obs(self.episode_seed, 0), expected_state(self.episode_seed, 0, 0), self._avail()
+        return SingleReset(expected_obs(self.episode_seed, 0), expected_state(self.episode_seed, 0, 0), self._avail(),
+                           expected_alive(0))  # fmt: skip
 
     def step(self, actions: np.ndarray) -> SingleStep:
         if self.done:
@@ -99,6 +105,7 @@ class ToyEnv(SingleEnv):
             expected_obs(self.episode_seed, t),
             expected_state(self.episode_seed, t, self.action_sum),
             self._avail(),
+            expected_alive(t),
             1.0,
             terminated,
             truncated,

@@ -4,7 +4,8 @@ Read top to bottom: a shared recurrent actor over available actions (the same ag
 its outputs read as logits), a centralised recurrent critic on [o_i, s] per agent (Fig. 8d), GAE, the
 clipped surrogate with an entropy bonus and a value loss, ``ppo_epochs`` passes of ``n_minibatches``
 minibatches over every freshly collected batch of episodes. ACORM-MAPPO (next module) overrides the hooks
-``build_agent``, ``critic_cond_dim`` and ``critic_conditioning``.
+``build_agent``, ``critic_cond_dim``, ``critic_conditioning`` and ``critic_parameters`` with its role learning
+component.
 
 The DataModule sees ``on_policy = True`` and hands over each batch of episodes once, collected by the
 current policy. Old log-probabilities and values are recomputed at the start of the update by the
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from acorm_pl.algos.base import MARLModule, alive_agents
+from acorm_pl.algos.base import MARLModule
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.errors import require
 from acorm_pl.losses import (
@@ -70,8 +71,8 @@ class MAPPO(MARLModule):
         value_norm: learn normalised value targets with running statistics (Yu et al.'s ValueNorm).
         actor_lr: Adam learning rate of the actor (Table 4: 6e-4).
         critic_lr: Adam learning rate of the critic (Table 4: 8e-4).
-        lr_decay_env_steps: decay both learning rates linearly over this many env steps (0: constant;
-            Table 4: no decay).
+        lr_decay_env_steps: decay both learning rates linearly over this many env steps (None: over the run's
+            budget, ``data.total_env_steps``; 0: constant; Table 4: no decay).
         lr_final_ratio: the decayed learning rates as a fraction of the initial ones.
         adam_eps: Adam epsilon.
         grad_clip_norm: gradient-norm clip of the actor and of the critic (0 disables).
@@ -99,7 +100,7 @@ class MAPPO(MARLModule):
         value_norm: bool = False,
         actor_lr: float = 6e-4,
         critic_lr: float = 8e-4,
-        lr_decay_env_steps: int = 0,
+        lr_decay_env_steps: int | None = 0,
         lr_final_ratio: float = 0.1,
         adam_eps: float = 1e-5,
         grad_clip_norm: float = 10.0,
@@ -171,7 +172,7 @@ class MAPPO(MARLModule):
 
     def loss_mask(self, batch: EpisodeBatch) -> torch.Tensor:
         """[B, T, N]: valid steps of alive agents (a dead agent's forced no-op carries no learning signal)."""
-        return batch.filled.float().unsqueeze(-1) * alive_agents(batch.avail_actions[:, :-1]).float()
+        return batch.filled.float().unsqueeze(-1) * batch.alive[:, :-1].float()
 
     def _sum_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self.trainer.world_size == 1:
@@ -226,8 +227,9 @@ class MAPPO(MARLModule):
         return {"loss": loss.detach(), "policy_loss": policy_loss.detach(), "value_loss": v_loss.detach(),
                 "entropy": entropy.detach(), **stats}
 
-    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
-        """One PPO update: ``ppo_epochs`` x ``n_minibatches`` steps of the actor and the critic on ``batch``."""
+    def update(self, batch: EpisodeBatch) -> torch.Tensor:
+        """One PPO update: ``ppo_epochs`` x ``n_minibatches`` steps of the actor and the critic on ``batch``, the
+        learning-rate schedule, logging."""
         hp = self.hparams
         old, advantages, returns, stats = self.prepare(batch)
         opts = [self.optimizer("actor"), self.optimizer("critic")]
@@ -242,12 +244,10 @@ class MAPPO(MARLModule):
                     sums[k] = sums[k] + v
                 n_steps += 1
         self.n_updates += 1
-        scale = self.lr_scale()
-        for opt, lr in zip(opts, (hp.actor_lr, hp.critic_lr), strict=True):
-            for group in opt.param_groups:
-                group["lr"] = lr * scale
+        self.decay_learning_rates()
         means = {f"train/{k}": v / n_steps for k, v in sums.items()}
-        self.log_train({**means, **{f"train/{k}": v for k, v in stats.items()}, "train/lr": hp.actor_lr * scale})
+        self.log_train({**means, **{f"train/{k}": v for k, v in stats.items()},
+                        "train/lr": self.lr_scheduler("actor").get_last_lr()[0]})
         return means["train/loss"]
 
     def named_optimizers(self) -> dict[str, torch.optim.Optimizer]:

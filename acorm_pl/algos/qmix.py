@@ -2,18 +2,18 @@
 
 Read top to bottom next to Rashid et al. (2018): agent Q-values over whole episodes, double-Q targets
 from target networks, monotonic mixing conditioned on the state, masked TD loss. ACORM (next module)
-overrides the hooks ``agent_forward`` and ``mixer_conditioning`` and adds its own optimizer.
+overrides the network hooks (``build_agent``, ``mixer_cond_dim``, ``mixer_conditioning``, ...) with its role
+learning component.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from acorm_pl.algos.base import MARLModule
+from acorm_pl.algos.base import MARLModule, frozen_copy
 from acorm_pl.data.episode_buffer import EpisodeBatch
 from acorm_pl.errors import require
 from acorm_pl.losses import epsilon_greedy, greedy_actions, masked_td_loss, td_lambda_targets, td_targets
@@ -37,7 +37,8 @@ class QMIX(MARLModule):
         gamma: discount factor.
         td_lambda: lambda of TD(lambda) targets; 0 gives the paper's one-step double-Q targets.
         lr: Adam learning rate of the TD optimizer.
-        lr_decay_env_steps: decay the TD learning rate linearly over this many env steps (0: constant).
+        lr_decay_env_steps: decay the TD learning rate linearly over this many env steps (None: over the run's
+            budget, ``data.total_env_steps``; 0: constant).
         lr_final_ratio: the decayed learning rate as a fraction of ``lr``.
         adam_eps: Adam epsilon.
         grad_clip_norm: gradient-norm clip of the TD update (0 disables).
@@ -61,7 +62,7 @@ class QMIX(MARLModule):
         gamma: float = 0.99,
         td_lambda: float = 0.0,
         lr: float = 6e-4,
-        lr_decay_env_steps: int = 0,
+        lr_decay_env_steps: int | None = 0,
         lr_final_ratio: float = 0.1,
         adam_eps: float = 1e-5,
         grad_clip_norm: float = 10.0,
@@ -83,8 +84,8 @@ class QMIX(MARLModule):
         mixer_class(mixer)  # a bad name fails here, in one line
         self.save_hyperparameters()
         self.build_networks()
-        self.target_agent = self._frozen_copy(self.agent)
-        self.target_mixer = self._frozen_copy(self.mixer)
+        self.target_agent = frozen_copy(self.agent)
+        self.target_mixer = frozen_copy(self.mixer)
         self.epsilon = 1.0  # set by the EpsilonSchedule callback
 
     # ---- networks (hooks for subclasses) -------------------------------------------------------------
@@ -135,12 +136,6 @@ class QMIX(MARLModule):
     def td_parameters(self) -> list[nn.Parameter]:
         return [*self.agent.parameters(), *self.mixer.parameters()]
 
-    @staticmethod
-    def _frozen_copy(module: nn.Module) -> nn.Module:
-        target = copy.deepcopy(module)
-        target.requires_grad_(False)
-        return target
-
     # ---- acting ----------------------------------------------------------------------------------------
     def select_actions(self, outputs: torch.Tensor, avail: torch.Tensor, explore: bool) -> torch.Tensor:
         """Epsilon-greedy over the Q values when exploring, greedy otherwise."""
@@ -177,11 +172,17 @@ class QMIX(MARLModule):
                  "target_mean": (targets * mask).sum() / n_valid}
         return loss, stats
 
-    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
-        return self.td_update(batch, self.optimizer("td"))
+    def update(self, batch: EpisodeBatch) -> torch.Tensor:
+        """One TD update, the learning-rate schedule, logging."""
+        loss, stats = self.td_update(batch, self.optimizer("td"))
+        self.decay_learning_rates()
+        lr = self.lr_scheduler("td").get_last_lr()[0]
+        self.log_train({"train/td_loss": loss, "train/lr": lr, **{f"train/{k}": v for k, v in stats.items()}})
+        return loss
 
-    def td_update(self, batch: EpisodeBatch, opt: Any) -> torch.Tensor:
-        """One TD step: loss, backward, clip, Adam, target refresh, learning-rate schedule, logging."""
+    def td_update(self, batch: EpisodeBatch, opt: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One TD step with ``opt``: loss, backward, clip, Adam, target refresh; the (detached) loss and its
+        statistics."""
         loss, stats = self.td_loss(batch)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -191,15 +192,7 @@ class QMIX(MARLModule):
         opt.step()
         self.n_updates += 1
         self.update_targets()
-        lr = self.scheduled_lr()
-        for group in opt.param_groups:
-            group["lr"] = lr
-        self.log_train({"train/td_loss": loss.detach(), "train/lr": lr, **{f"train/{k}": v for k, v in stats.items()}})
-        return loss.detach()
-
-    def scheduled_lr(self) -> float:
-        """Linear decay from ``lr`` to ``lr * lr_final_ratio`` over ``lr_decay_env_steps`` env steps (0: constant)."""
-        return self.hparams.lr * self.lr_scale()
+        return loss.detach(), stats
 
     def target_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(target, online) modules kept in sync by :meth:`update_targets`."""

@@ -4,6 +4,7 @@ minutes (or, with ``quick``, seconds) on a CPU, into an MLflow store of their ow
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -20,11 +21,13 @@ QUICK = ["--data.n_envs", "4", "--data.buffer_size", "32", "--data.batch_size", 
          "--model.init_args.embed_dim", "32", "--roles.interval", "2"]
 
 
-def small_run_args(config: str | Path, workdir: str | Path, run_name: str, env_steps: int, seed: int = 0,
-                   eval_interval: int = 2500, experiment: str = "notebooks", quick: bool = False,
+def small_run_args(config: str | Path | Sequence[str | Path], workdir: str | Path, run_name: str, env_steps: int,
+                   seed: int = 0, eval_interval: int = 2500, experiment: str = "notebooks", quick: bool = False,
                    extra: list[str] | None = None) -> list[str]:
-    """``acorm-pl fit`` arguments of a small run of ``config`` logging to ``<workdir>/mlruns.db``."""
-    return ["fit", "--config", str(config), "--seed_everything", str(seed),
+    """``acorm-pl fit`` arguments of a small run of ``config`` (one file, or files composed in order, e.g. an
+    algorithm file then an environment file) logging to ``<workdir>/mlruns.db``."""
+    configs = [config] if isinstance(config, (str, Path)) else list(config)
+    return ["fit", *[a for c in configs for a in ("--config", str(c))], "--seed_everything", str(seed),
             *(QUICK if quick else SMALL),
             "--data.total_env_steps", str(env_steps), "--data.epoch_env_steps", str(env_steps),
             "--evaluation.eval_interval", str(eval_interval),
@@ -54,8 +57,8 @@ def run_checkpoint(workdir: str | Path, run_name: str, experiment: str = "notebo
     return path
 
 
-def train_small_run(config: str | Path, workdir: str | Path, run_name: str, env_steps: int, seed: int = 0,
-                    eval_interval: int = 2500, experiment: str = "notebooks", quick: bool = False,
+def train_small_run(config: str | Path | Sequence[str | Path], workdir: str | Path, run_name: str, env_steps: int,
+                    seed: int = 0, eval_interval: int = 2500, experiment: str = "notebooks", quick: bool = False,
                     extra: list[str] | None = None, reuse: bool = True) -> Path:
     """Train a small run (see :func:`small_run_args`) in this process; returns its ``last.ckpt``. With
     ``reuse`` a finished run of the same name in ``workdir`` is returned instead of training again."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from acorm_pl.algos.base import MARLModule, alive_agents
+from acorm_pl.algos.base import MARLModule
 from acorm_pl.algos.roles import cluster_batch
 from acorm_pl.checkpoints import build_model, read_checkpoint
 from acorm_pl.clustering import Clustering, KMeans
@@ -36,23 +36,8 @@ class EpisodeRecord:
     roles: torch.Tensor | None  # [T, N, R] role representations z_i^t (ACORM)
     cluster_labels: torch.Tensor | None  # [T, N] K-means clusters of e^t (-1: dead)
     attention: torch.Tensor | None  # [T, heads, N] weights of the state embedding over agents (ACORM)
-    unit_types: list[str] | None  # the agents' unit types, where the environment knows them
-    health: torch.Tensor | None = None  # [T, N] health as a fraction of the maximum, where the environment says
-
-
-def ally_health(env: VecEnv, state: torch.Tensor) -> torch.Tensor | None:
-    """Health fractions [..., N] of the agents read from global states [..., state_dim], or None when the
-    environment's state layout is not known (only SMAX's is: per unit [health, x, y, cooldown, type one-hot]
-    for allies then enemies, then every unit's team and type index, so state_dim = units * (features + 2))."""
-    from acorm_pl.envs.smax import N_MOVE_ACTIONS, SMAXVecEnv
-
-    if not isinstance(env, SMAXVecEnv):
-        return None
-    info = env.info
-    n_units = info.n_agents + info.n_actions - N_MOVE_ACTIONS
-    n_feat = info.state_dim // n_units - 2
-    allies = state[..., : info.n_agents * n_feat].reshape(*state.shape[:-1], info.n_agents, n_feat)
-    return allies[..., 0].clone()
+    unit_types: list[str] | None  # the agents' unit types this episode, where the environment's state holds them
+    health: torch.Tensor | None = None  # [T, N] health as a fraction of the maximum, where the state holds it
 
 
 def greedy_rollouts(model: MARLModule, env: VecEnv, n_episodes: int) -> Iterator[tuple[Rollout, int]]:
@@ -90,7 +75,6 @@ def record_episodes(model: MARLModule, env: VecEnv, n_episodes: int, clustering:
     ``on_episodes(k)`` is called after each round with the number of episodes it added (for progress)."""
     k = n_clusters or int(model.hparams.get("n_clusters", 3))
     clustering = clustering or getattr(model, "clustering", None) or KMeans()
-    types = getattr(env, "unit_type_names", None)
     records: list[EpisodeRecord] = []
     for rollout, take in greedy_rollouts(model, env, n_episodes):
         batch = rollout.episodes.to(model.device)
@@ -100,10 +84,11 @@ def record_episodes(model: MARLModule, env: VecEnv, n_episodes: int, clustering:
         attention = getattr(model, "last_attention", None)
         embeddings = out.embedding[:, :-1].float()
         labels = cluster_batch(clustering, embeddings, batch, k, seed=0)
-        alive = alive_agents(batch.avail_actions[:, :-1])
-        health = ally_health(env, batch.state[:, :-1].cpu())
+        alive = batch.alive[:, :-1]
+        features = env.agent_features(batch.state[:, :-1].cpu())  # health and unit types, where the family knows
         for i in range(take):
             t = int(rollout.lengths[i])
+            types = None if features is None else features.type_names(i, 0)  # all alive at the start
             records.append(EpisodeRecord(
                 length=t, won=bool(rollout.won[i]), episode_return=float(rollout.returns[i]),
                 actions=batch.actions[i, :t].cpu(), rewards=batch.reward[i, :t].cpu(), alive=alive[i, :t].cpu(),
@@ -111,8 +96,7 @@ def record_episodes(model: MARLModule, env: VecEnv, n_episodes: int, clustering:
                 roles=None if out.roles is None else out.roles[i, :t].float().cpu(),
                 cluster_labels=labels[i, :t].cpu(),
                 attention=None if attention is None else attention[i, :t].float().cpu(),
-                unit_types=list(types) if types is not None else None,
-                health=None if health is None else health[i, :t]))
+                unit_types=types, health=None if features is None else features.health[i, :t]))
         if on_episodes is not None:
             on_episodes(take)
     return records

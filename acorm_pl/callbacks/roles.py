@@ -12,10 +12,10 @@ from acorm_pl.errors import require
 
 class RoleClustering(pl.Callback):
     """Every ``interval``-th update (a TD update of ACORM-QMIX, a PPO update of ACORM-MAPPO) marks the update
-    about to run as one with a contrastive step: the module then clusters the agent embeddings of that update's
-    forward pass (no second GRU pass) with its own clustering strategy (``model.clustering``: K-means by
-    default, paper Sec. 2.1) and takes its contrastive step on the same batch. Does nothing for modules without
-    contrastive role learning.
+    about to run as one with a contrastive step: the module's role learning (``roles``) then clusters the agent
+    embeddings of that update's forward pass (no second GRU pass) with its clustering strategy
+    (``model.clustering``: K-means by default, paper Sec. 2.1) and takes its contrastive step on the same batch.
+    Does nothing for modules without contrastive role learning.
 
     Args:
         interval: T_cl, updates between contrastive updates (Table 2: 100 TD updates; Table 4: 32 PPO updates).
@@ -27,11 +27,12 @@ class RoleClustering(pl.Callback):
 
     def cluster(self, pl_module: pl.LightningModule, batch: Any) -> torch.Tensor:
         """Cluster labels of ``batch`` under the module's current trajectory encoder and clustering."""
-        return pl_module.cluster_roles(pl_module.agent_embeddings(batch), batch, int(pl_module.n_updates))
+        return pl_module.roles.cluster(pl_module.agent_embeddings(batch), batch, int(pl_module.n_updates))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if not getattr(pl_module, "contrastive", False):
+        roles = getattr(pl_module, "roles", None)
+        if roles is None or not roles.switches.contrastive:
             return
         if (int(pl_module.n_updates) + 1) % self.interval == 0:  # the update about to run is a multiple of T_cl
-            pl_module.contrastive_due = True
+            roles.contrastive_due = True

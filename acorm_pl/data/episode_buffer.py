@@ -17,7 +17,9 @@ class EpisodeBatch:
 
     Time-indexed fields with T+1 entries hold the observation *before* each step plus the one after the
     last step (needed to bootstrap truncated episodes). ``filled[b, t]`` is 1 where step t is a real
-    transition of episode b.
+    transition of episode b. ``alive[b, t, i]`` says whether agent i was alive at observation t, as the
+    environment reported it (False in padding, as ``avail_actions``); a batch built without it (by hand, in
+    tests and benchmarks) takes it from ``avail_actions`` by :func:`alive_from_avail`.
     """
 
     obs: torch.Tensor  # [B, T+1, N, obs_dim] float32
@@ -27,6 +29,11 @@ class EpisodeBatch:
     reward: torch.Tensor  # [B, T] float32
     terminated: torch.Tensor  # [B, T] float32, 1 on a true terminal transition
     filled: torch.Tensor  # [B, T] float32 mask of valid steps
+    alive: torch.Tensor = None  # type: ignore[assignment]  # [B, T+1, N] bool (derived when not given)
+
+    def __post_init__(self) -> None:
+        if self.alive is None:
+            self.alive = alive_from_avail(self.avail_actions)
 
     @property
     def batch_size(self) -> int:
@@ -76,7 +83,14 @@ class EpisodeBatch:
         return EpisodeBatch(**out)
 
 
-_PLUS_ONE = {"obs", "state", "avail_actions"}
+_PLUS_ONE = {"obs", "state", "avail_actions", "alive"}
+
+
+def alive_from_avail(avail_actions: torch.Tensor) -> torch.Tensor:
+    """Alive agents [..., N] inferred from available actions [..., N, A] by the rule used before environments
+    reported ``alive``: more than one available action (SMAC and SMAX leave a dead unit only one). Only for
+    data that lacks the field: replay buffers in older checkpoints and hand-built batches."""
+    return avail_actions.sum(-1) > 1
 
 
 OBS_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -105,12 +119,13 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def step_nbytes(info: EnvInfo, obs_dtype: torch.dtype = torch.float32) -> int:
-    """Bytes of one slot of the step ring: obs, state, bit-packed available actions, action, reward, terminal."""
+    """Bytes of one slot of the step ring: obs, state, bit-packed available actions and alive flags, action,
+    reward, terminal."""
     obs_bytes = torch.finfo(obs_dtype).bits // 8
     n, a = info.n_agents, info.n_actions
-    packed = -(-a // _BITS)
+    avail, alive = n * -(-a // _BITS), -(-n // _BITS)
     act = torch.iinfo(action_dtype(a)).bits // 8
-    return (n * info.obs_dim + info.state_dim) * obs_bytes + n * packed + n * act + 4 + 1
+    return (n * info.obs_dim + info.state_dim) * obs_bytes + avail + alive + n * act + 4 + 1
 
 
 def buffer_nbytes(info: EnvInfo, capacity: int, steps: int | None = None,
@@ -140,7 +155,7 @@ class EpisodeReplayBuffer:
 
     Storage (on ``device``, allocated and zeroed at construction, so :attr:`nbytes` is what it takes from
     the start): observations and states in ``obs_dtype`` (float32, or float16 / bfloat16 at half the
-    memory, rounded), available actions bit-packed, actions in the smallest integer type for
+    memory, rounded), available actions and alive flags bit-packed, actions in the smallest integer type for
     ``n_actions``, reward float32, terminal bool; ``filled`` is implied by the episode's length. One more
     slot past the ring stays zero. Sampling draws distinct episodes uniformly and gathers their steps in one
     indexing per field (O(batch x T)), positions past an episode's end reading the zero slot: it hands back
@@ -172,6 +187,7 @@ class EpisodeReplayBuffer:
             "obs": torch.zeros(s, n, info.obs_dim, dtype=obs_dtype, **kw),
             "state": torch.zeros(s, info.state_dim, dtype=obs_dtype, **kw),
             "avail_actions": torch.zeros(s, n, -(-info.n_actions // _BITS), dtype=torch.uint8, **kw),
+            "alive": torch.zeros(s, -(-n // _BITS), dtype=torch.uint8, **kw),
             "actions": torch.zeros(s, n, dtype=action_dtype(info.n_actions), **kw),
             "reward": torch.zeros(s, dtype=torch.float32, **kw),
             "terminated": torch.zeros(s, dtype=torch.bool, **kw),
@@ -263,6 +279,7 @@ class EpisodeReplayBuffer:
         return {"obs": self._compact(rows(episodes.obs, False), "observations"),
                 "state": self._compact(rows(episodes.state, False), "states"),
                 "avail_actions": pack_bits(rows(episodes.avail_actions, False)),
+                "alive": pack_bits(rows(episodes.alive, False)),
                 "actions": rows(episodes.actions, True).to(self.storage["actions"].dtype),
                 "reward": rows(episodes.reward, True).float(),
                 "terminated": rows(episodes.terminated, True).bool()}
@@ -296,6 +313,7 @@ class EpisodeReplayBuffer:
             obs=store["obs"][slots].float(),
             state=store["state"][slots].float(),
             avail_actions=unpack_bits(store["avail_actions"][slots], self.info.n_actions),
+            alive=unpack_bits(store["alive"][slots], self.info.n_agents),
             actions=store["actions"][steps].long(),
             reward=store["reward"][steps],
             terminated=store["terminated"][steps].float(),
@@ -328,11 +346,17 @@ class EpisodeReplayBuffer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (or the padded layout of earlier versions); the ring may differ in size
-        or ``obs_dtype`` from the one saved as long as the episodes fit."""
+        or ``obs_dtype`` from the one saved as long as the episodes fit.
+
+        Buffers saved before environments reported ``alive`` lack that field: it is derived here, once, from
+        the stored available actions by :func:`alive_from_avail` (the rule the algorithms used then)."""
         if state["capacity"] != self.capacity:
             raise ValueError(f"checkpoint buffer capacity {state['capacity']} differs from configured {self.capacity}")
         if "steps" not in state:
             state = self._from_padded(state)
+        if "alive" not in state["steps"]:
+            avail = unpack_bits(state["steps"]["avail_actions"], self.info.n_actions)
+            state = {**state, "steps": {**state["steps"], "alive": pack_bits(alive_from_avail(avail))}}
         lengths = state["lengths"].to(torch.int64)
         used = int((lengths + 1).sum())
         if used > self.slots:

@@ -67,6 +67,7 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
     obs = torch.zeros(n_envs, limit + 1, n, info.obs_dim, **kw)
     state = torch.zeros(n_envs, limit + 1, info.state_dim, **kw)
     avail = torch.zeros(n_envs, limit + 1, n, info.n_actions, dtype=torch.bool, **kw)
+    alive = torch.zeros(n_envs, limit + 1, n, dtype=torch.bool, **kw)
     actions = torch.zeros(n_envs, limit, n, dtype=torch.int64, **kw)
     reward = torch.zeros(n_envs, limit, **kw)
     terminated = torch.zeros(n_envs, limit, **kw)
@@ -75,7 +76,7 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
     won = torch.zeros(n_envs, dtype=torch.bool)
     truncated = torch.zeros(n_envs, dtype=torch.bool)
     discarded = torch.zeros(n_envs, dtype=torch.bool)
-    obs[:, 0], state[:, 0], avail[:, 0] = first.obs, first.state, first.avail_actions
+    obs[:, 0], state[:, 0], avail[:, 0], alive[:, 0] = first.obs, first.state, first.avail_actions, first.alive
     active = torch.ones(n_envs, dtype=torch.bool)
     last_actions = torch.full((n_envs, n), -1, dtype=torch.int64)
     hidden = actor.initial_state(n_envs)
@@ -98,6 +99,7 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
         obs[:, t + 1] = torch.where(keep, res.obs, obs[:, t])
         state[:, t + 1] = torch.where(live.view(-1, 1), res.state, state[:, t])
         avail[:, t + 1] = torch.where(keep, res.avail_actions, avail[:, t])
+        alive[:, t + 1] = torch.where(live.view(-1, 1), res.alive, alive[:, t])
         res_terminated, res_truncated, res_won = (x.cpu() for x in (res.terminated, res.truncated, res.battle_won))
         ended = active & (res_terminated | res_truncated)
         lengths[ended] = t + 1
@@ -114,7 +116,8 @@ def collect_rollout(env: VecEnv, actor: Actor, explore: bool) -> Rollout:
     obs *= valid_obs.view(n_envs, limit + 1, 1, 1)
     state *= valid_obs.unsqueeze(-1)
     avail &= valid_obs.bool().view(n_envs, limit + 1, 1, 1)
-    batch = EpisodeBatch(obs, state, avail, actions, reward, terminated, filled)
+    alive &= valid_obs.bool().unsqueeze(-1)
+    batch = EpisodeBatch(obs, state, avail, actions, reward, terminated, filled, alive)
     if not bool(keep.all()):
         batch = EpisodeBatch(*(getattr(batch, f.name)[keep.to(**kw)] for f in fields(batch)))
     lengths = lengths[keep]

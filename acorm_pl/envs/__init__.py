@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, SingleEnv, SingleStep, StepResult, VecEnv
+from acorm_pl.envs.base import (
+    AgentFeatures,
+    EnvConfigError,
+    EnvInfo,
+    ResetResult,
+    SingleEnv,
+    SingleReset,
+    SingleStep,
+    StepResult,
+    UnitStateLayout,
+    VecEnv,
+)
 from acorm_pl.imports import import_attr
 
 
@@ -78,12 +89,15 @@ def make_vec_env(family: str, map_name: str, seeds: Sequence[int], **kwargs: Any
 
 __all__ = [
     "FAMILIES",
+    "AgentFeatures",
     "EnvConfigError",
     "EnvInfo",
     "ResetResult",
     "SingleEnv",
+    "SingleReset",
     "SingleStep",
     "StepResult",
+    "UnitStateLayout",
     "VecEnv",
     "get_env_info",
     "make_vec_env",

@@ -31,7 +31,8 @@ Ends of episodes: a goal, the ball going out of play or a change of possession a
 out of the episode limit is a truncation. ``episode_limit`` (default: the scenario's own duration, 400
 for the academy scenarios) sets the engine's game duration so that the engine ends the game after exactly
 ``episode_limit`` steps, and the engine and the learner agree on it.
-``battle_won`` means the left team scored.
+``battle_won`` means the left team scored. Players never die: ``alive`` is always true, and the state
+holds no health or unit types (:meth:`~acorm_pl.envs.base.VecEnv.agent_features` is None).
 
 Seeding: the worker seeds Python's ``random`` with its seed, from which gfootball draws a fresh engine
 seed at every reset; the same seed therefore replays the same sequence of episodes for the same actions.
@@ -45,12 +46,13 @@ import random
 import sys
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from acorm_pl.envs.base import EnvConfigError, EnvInfo, SingleEnv, SingleStep
+from acorm_pl.envs.base import EnvConfigError, EnvInfo, SingleEnv, SingleReset, SingleStep, VecEnv
+from acorm_pl.envs.workers import WORKER_OPTIONS, ProcessVecEnv, WorkerOptions
 
 REWARD_MODES = ("paper", "checkpoints", "scoring")
 PAPER_SCENARIOS = ("academy_3_vs_1_with_keeper", "academy_counterattack_hard", "academy_run_to_score_with_keeper")
@@ -58,7 +60,6 @@ N_ACTIONS = 19
 OBS_DIM = 115
 N_GAME_MODES = 7
 WIN_REWARD, LOSS_REWARD = 100.0, -1.0  # Appendix C
-WORKER_OPTIONS = ("step_timeout", "reset_timeout", "max_restarts")
 OPTIONS = ("controlled_players", "reward", "episode_limit")
 INSTALL_HINT = (
     "apt-get install libgl1-mesa-dev libsdl2-dev libsdl2-image-dev libsdl2-ttf-dev libsdl2-gfx-dev "
@@ -134,7 +135,8 @@ def scenario_layout(scenario: str) -> ScenarioLayout:
 
 
 def _check_options(scenario: str, options: dict[str, Any]) -> tuple[list[int], str, int]:
-    unknown = sorted(set(options) - set(OPTIONS) - set(WORKER_OPTIONS))
+    """Check the game options (worker options are not among them): (controlled players, reward, limit)."""
+    unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         allowed = ", ".join(OPTIONS + WORKER_OPTIONS)
         raise EnvConfigError(f"unknown GRF option {unknown[0]!r}; available: {allowed}")
@@ -159,7 +161,9 @@ def _check_options(scenario: str, options: dict[str, Any]) -> tuple[list[int], s
 
 
 def football_env_info(scenario: str, **options: Any) -> EnvInfo:
-    """Static facts of ``scenario`` without starting the engine."""
+    """Static facts of ``scenario`` without starting the engine; worker options
+    (:class:`~acorm_pl.envs.workers.WorkerOptions`) are checked and otherwise ignored."""
+    _, options = WorkerOptions.split(options)
     controlled, _, limit = _check_options(scenario, options)
     layout = scenario_layout(scenario)
     state_dim = 4 * (len(layout.left_roles) + len(layout.right_roles)) + 3 + 3 + 3 + N_GAME_MODES + 1
@@ -225,8 +229,7 @@ class FootballEnv(SingleEnv):
             number_of_left_players_agent_controls=len(controlled),
         )
         self._score = (0, 0)
-        self._done = False
-        self._last: SingleStep | None = None
+        self._alive = np.ones(len(controlled), dtype=bool)
 
     @property
     def info(self) -> EnvInfo:
@@ -263,18 +266,13 @@ class FootballEnv(SingleEnv):
     def _avail(self) -> np.ndarray:
         return np.ones((self._info.n_agents, N_ACTIONS), dtype=bool)
 
-    def reset(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def reset(self) -> SingleReset:
         obs = self._env.reset()
         raw = self._raw()
-        self._score, self._done, self._last = tuple(raw["score"]), False, None
-        return self._obs(obs), self._state(raw), self._avail()
+        self._score = tuple(raw["score"])
+        return SingleReset(self._obs(obs), self._state(raw), self._avail(), self._alive.copy())
 
     def step(self, actions: np.ndarray) -> SingleStep:
-        if self._done:  # the episode already ended: repeat its last step, touch nothing
-            assert self._last is not None
-            return SingleStep(
-                self._last.obs, self._last.state, self._last.avail_actions, 0.0, True, False, self._last.battle_won
-            )
         action_list = [int(a) for a in np.asarray(actions).reshape(-1)]
         obs, reward, done, _ = self._env.step(action_list if len(action_list) > 1 else action_list[0])
         raw = self._raw()
@@ -288,21 +286,16 @@ class FootballEnv(SingleEnv):
             team_reward = (WIN_REWARD if scored else LOSS_REWARD) if done else 0.0
         else:
             team_reward = float(np.mean(reward))
-        self._done = bool(done)
-        self._last = SingleStep(
-            self._obs(obs), self._state(raw), self._avail(), team_reward, terminated, truncated, scored
-        )
-        return self._last
+        return SingleStep(self._obs(obs), self._state(raw), self._avail(), self._alive.copy(), team_reward,
+                          terminated, truncated, scored)  # fmt: skip
 
     def close(self) -> None:
         self._env.close()
 
 
-def make_football_vec_env(scenario: str, seeds: Sequence[int], **options: Any):  # -> ProcessVecEnv
+def make_football_vec_env(scenario: str, seeds: Sequence[int], **options: Any) -> VecEnv:
     """``len(seeds)`` gfootball games, each in its own worker process (see :mod:`acorm_pl.envs.workers`)."""
-    from acorm_pl.envs.workers import ProcessVecEnv
-
+    worker, options = WorkerOptions.split(options)
     info = football_env_info(scenario, **options)
-    worker = {k: options.pop(k) for k in WORKER_OPTIONS if k in options}
     factory = functools.partial(FootballEnv, scenario, **options)
-    return ProcessVecEnv(factory, seeds, info, **worker)
+    return ProcessVecEnv(factory, seeds, info, **asdict(worker))

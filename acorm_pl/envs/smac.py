@@ -23,8 +23,14 @@ The StarCraft2Env API used here (oxwhirl/smac ``smac/env/starcraft2/starcraft2.p
   ``j``, or heal ally ``j`` for a medivac).
 * ``reset()`` starts an episode (some versions also return ``(obs, state)``; not relied upon).
 * ``get_obs()`` -> list of ``n_agents`` float32 arrays ``[obs_shape]`` (all zeros for a dead agent);
-  ``get_state()`` -> float32 array ``[state_shape]``; ``get_avail_actions()`` -> list of ``n_agents``
-  lists of 0/1 ints (a dead agent has only the no-op, a live one never has it).
+  ``get_state()`` -> float32 array ``[state_shape]``: unless ``obs_instead_of_state``, one row per ally
+  first, ``[health / health_max, weapon cooldown (a medivac's energy), x, y, (shield), unit-type one-hot]``
+  (zeros when dead), then the enemies' rows (and the last actions); ``get_avail_actions()`` -> list of
+  ``n_agents`` lists of 0/1 ints (a dead agent has only the no-op, a live one never has it).
+* ``get_unit_by_id(i).health`` -> agent ``i``'s unit health (0 once dead; SMAC's own test of life).
+  The attributes ``shield_bits_ally``, ``unit_type_bits`` and ``map_type`` (set from the map's
+  parameters) size the ally rows of the state; a map type's ally unit types are numbered from the
+  lowest unit id up (``_init_ally_unit_types``), named here by :data:`UNIT_TYPE_NAMES`.
 * ``step(actions)`` with one int per agent (an unavailable action fails an assertion) ->
   ``(reward, terminated, info)``: ``info["battle_won"]`` on a win; on reaching the episode limit
   ``terminated`` is True and, only when built with ``continuing_episode=True``, ``info["episode_limit"]``
@@ -36,10 +42,10 @@ The StarCraft2Env API used here (oxwhirl/smac ``smac/env/starcraft2/starcraft2.p
 
 How this adapter maps it: it always builds StarCraft2Env with ``continuing_episode=True`` so that a
 time-out is reported as ``truncated`` (bootstrapped from the last state), never as ``terminated``;
-``battle_won`` is ``info["battle_won"]``. A lost game connection raises :class:`SMACEpisodeLost`, so the
-worker pool restarts that copy and drops the half-played episode instead of learning a fake terminal.
-After an episode ends, further ``step()`` calls return its final observation with reward 0 without
-touching the game (lockstep callers keep stepping finished copies while others play on).
+``battle_won`` is ``info["battle_won"]``; ``alive`` is "health above 0" of every agent's unit. A lost game
+connection raises :class:`SMACEpisodeLost`, so the worker pool restarts that copy and drops the half-played
+episode instead of learning a fake terminal. The pool never steps a finished episode, so the game never
+sees actions after an episode's end.
 
 Options (``data.env_kwargs``), validated in the main process:
 
@@ -52,7 +58,8 @@ Options (``data.env_kwargs``), validated in the main process:
   already append each agent's own last action to its observation, as pymarl does. ``replay_dir`` is
   made absolute against the working directory; ``replay_prefix`` defaults to ``<map>_seed<seed>`` so
   that workers' replays do not mix.
-* Worker pool: ``step_timeout`` (s), ``reset_timeout`` (s, covers a game launch), ``max_restarts``.
+* Worker pool: :class:`~acorm_pl.envs.workers.WorkerOptions` (``step_timeout``, ``reset_timeout``: it covers
+  a game launch, ``max_restarts``).
 """
 
 from __future__ import annotations
@@ -63,13 +70,14 @@ import platform
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from acorm_pl.envs.base import EnvConfigError, EnvInfo, SingleEnv, SingleStep, VecEnv
+from acorm_pl.envs.base import EnvConfigError, EnvInfo, SingleEnv, SingleReset, SingleStep, UnitStateLayout, VecEnv
+from acorm_pl.envs.workers import WORKER_OPTIONS, ProcessVecEnv, WorkerOptions
 
 SMAC_INSTALL = "pip install git+https://github.com/oxwhirl/smac.git"
 PYSC2_NEEDS = "pysc2 4.0.0 needs Python 3.10 (it breaks on 3.11+) and protobuf<3.21 (pip install 'protobuf<3.21')"
@@ -92,8 +100,19 @@ _BOOL_OPTIONS = (
 _NUMBER_OPTIONS = ("reward_death_value", "reward_win", "reward_defeat", "reward_negative_scale", "reward_scale_rate")
 _OTHER_OPTIONS = ("difficulty", "step_mul", "game_version", "replay_dir", "replay_prefix")
 SC2_OPTIONS: tuple[str, ...] = _OTHER_OPTIONS + _BOOL_OPTIONS + _NUMBER_OPTIONS
-WORKER_OPTIONS: dict[str, float] = {"step_timeout": 60.0, "reset_timeout": 300.0, "max_restarts": 100}
 _DIFFICULTIES = "123456789A"
+# Ally unit types per SMAC map type, in the order of StarCraft2Env._init_ally_unit_types (lowest unit id first).
+UNIT_TYPE_NAMES: dict[str, tuple[str, ...]] = {
+    "marines": ("marine",),
+    "stalkers_and_zealots": ("stalker", "zealot"),
+    "colossi_stalkers_zealots": ("colossus", "stalker", "zealot"),
+    "MMM": ("marauder", "marine", "medivac"),
+    "zealots": ("zealot",),
+    "hydralisks": ("hydralisk",),
+    "stalkers": ("stalker",),
+    "colossus": ("colossus",),
+    "bane": ("baneling", "zergling"),
+}
 
 
 class SMACUnavailableError(EnvConfigError):
@@ -186,19 +205,6 @@ def _sc2_kwargs(map_name: str, seed: int, options: dict[str, Any]) -> dict[str, 
     return {"map_name": map_name, "seed": int(seed), "continuing_episode": True, **kw}
 
 
-def _check_worker_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The worker-pool options with their defaults filled in, validated."""
-    out = {k: options.get(k, v) for k, v in WORKER_OPTIONS.items()}
-    for name in ("step_timeout", "reset_timeout"):
-        value = out[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise EnvConfigError(f"SMAC option {name} must be a positive number of seconds, got {value!r}")
-    restarts = out["max_restarts"]
-    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
-        raise EnvConfigError(f"SMAC option max_restarts must be a non-negative integer, got {restarts!r}")
-    return out
-
-
 def sc2_install_dir() -> Path:
     """Where pysc2 looks for StarCraft II on Linux: ``$SC2PATH``, else ``~/StarCraftII``."""
     return Path(os.path.expanduser(os.environ.get("SC2PATH", "~/StarCraftII")))
@@ -271,20 +277,33 @@ class SMACEnv(SingleEnv):
         self._info = _env_info(self.env.get_env_info())
         self._launched = False  # the first reset() launches StarCraft II
         self._closed = False
-        self._final: SingleStep | None = None  # the last step of an ended episode
 
     @property
     def info(self) -> EnvInfo:
         return self._info
 
-    def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @property
+    def state_layout(self) -> UnitStateLayout | None:
+        """Where this game's state keeps each agent's health and unit type (None under ``obs_instead_of_state``)."""
+        env = self.env
+        if env.obs_instead_of_state:
+            return None
+        bits, shield = int(env.unit_type_bits), int(env.shield_bits_ally)
+        names = UNIT_TYPE_NAMES.get(env.map_type, ())
+        if len(names) != max(bits, 1):  # a map type this table does not know
+            names = tuple(f"type {j}" for j in range(max(bits, 1)))
+        return UnitStateLayout(self._info.n_agents, 4 + shield + bits, health_at=0, types_at=4 + shield,
+                               type_names=names)  # fmt: skip
+
+    def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         i = self._info
         obs = np.asarray(self.env.get_obs(), dtype=np.float32).reshape(i.n_agents, i.obs_dim)
         state = np.asarray(self.env.get_state(), dtype=np.float32).reshape(i.state_dim)
         avail = np.asarray(self.env.get_avail_actions()).astype(bool).reshape(i.n_agents, i.n_actions)
-        return obs, state, avail
+        alive = np.array([self.env.get_unit_by_id(a).health > 0 for a in range(i.n_agents)], dtype=bool)
+        return obs, state, avail, alive
 
-    def reset(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def reset(self) -> SingleReset:
         """Start an episode (the first call launches StarCraft II after checking that it is installed)."""
         if self._closed:
             raise RuntimeError("SMACEnv is closed")
@@ -292,15 +311,12 @@ class SMACEnv(SingleEnv):
             check_sc2_install(self.map_name, self.game_version)
         self.env.reset()
         self._launched = True
-        self._final = None
-        return self._observe()
+        return SingleReset(*self._observe())
 
     def step(self, actions: np.ndarray) -> SingleStep:
-        """Advance by one step with integer ``actions`` [n_agents] (each must be available)."""
+        """Advance the running episode by one step with integer ``actions`` [n_agents] (each must be available)."""
         if not self._launched:
             raise RuntimeError("call reset() before step()")
-        if self._final is not None:
-            return replace(self._final, reward=0.0)
         acts = np.asarray(actions)
         if acts.shape != (self._info.n_agents,):
             raise ValueError(f"actions must have shape ({self._info.n_agents},), got {acts.shape}")
@@ -308,19 +324,8 @@ class SMACEnv(SingleEnv):
         if terminated and not info:
             raise SMACEpisodeLost(f"SMAC {self.map_name} (seed {self.seed}) lost StarCraft II mid-episode")
         truncated = bool(terminated and info.get("episode_limit", False))
-        obs, state, avail = self._observe()
-        result = SingleStep(
-            obs=obs,
-            state=state,
-            avail_actions=avail,
-            reward=float(reward),
-            terminated=bool(terminated) and not truncated,
-            truncated=truncated,
-            battle_won=bool(info.get("battle_won", False)),
-        )
-        if terminated:
-            self._final = result
-        return result
+        return SingleStep(*self._observe(), reward=float(reward), terminated=bool(terminated) and not truncated,
+                          truncated=truncated, battle_won=bool(info.get("battle_won", False)))  # fmt: skip
 
     def save_replay(self) -> None:
         """Write a replay of every episode since StarCraft II was launched (nothing before the first reset)."""
@@ -334,19 +339,23 @@ class SMACEnv(SingleEnv):
             self.env.close()
 
 
+def _probe(map_name: str, env_cls: type | None, sc2_options: dict[str, Any]) -> tuple[EnvInfo, UnitStateLayout | None]:
+    """The facts and state layout of ``map_name`` read from a StarCraft2Env that launches no game."""
+    env = SMACEnv(map_name, 0, env_cls=env_cls, **sc2_options)
+    try:
+        return env.info, env.state_layout
+    finally:
+        env.close()
+
+
 def smac_env_info(map_name: str, *, env_cls: type | None = None, **options: Any) -> EnvInfo:
     """Static facts of SMAC ``map_name`` under ``options`` from StarCraft2Env's ``get_env_info()``.
 
-    Launches no game. Worker options (``step_timeout``, ``reset_timeout``, ``max_restarts``) are
-    validated and otherwise ignored.
+    Launches no game. Worker options (:class:`~acorm_pl.envs.workers.WorkerOptions`) are checked and
+    otherwise ignored.
     """
-    _check_worker_options(options)
-    sc2_options = {k: v for k, v in options.items() if k not in WORKER_OPTIONS}
-    env = SMACEnv(map_name, 0, env_cls=env_cls, **sc2_options)
-    try:
-        return env.info
-    finally:
-        env.close()
+    _, sc2_options = WorkerOptions.split(options)
+    return _probe(map_name, env_cls, sc2_options)[0]
 
 
 def make_smac_vec_env(map_name: str, seeds: Sequence[int], *, env_cls: type | None = None, **options: Any) -> VecEnv:
@@ -355,15 +364,9 @@ def make_smac_vec_env(map_name: str, seeds: Sequence[int], *, env_cls: type | No
     Options and the StarCraft II install are checked here, before any worker starts; each worker builds
     its :class:`SMACEnv` from a picklable factory (``env_cls`` must be importable by name in a child).
     """
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise EnvConfigError("SMAC needs at least one seed (one per copy), got none")
-    worker = _check_worker_options(options)
-    sc2_options = {k: v for k, v in options.items() if k not in WORKER_OPTIONS}
-    info = smac_env_info(map_name, env_cls=env_cls, **sc2_options)
+    worker, sc2_options = WorkerOptions.split(options)
+    info, layout = _probe(map_name, env_cls, sc2_options)
     game_version = sc2_options.get("game_version")
     check_sc2_install(map_name, None if game_version is None else str(game_version))
-    from acorm_pl.envs.workers import ProcessVecEnv
-
     factory = functools.partial(SMACEnv, map_name, env_cls=env_cls, **sc2_options)
-    return ProcessVecEnv(factory, seeds, info, **worker)
+    return ProcessVecEnv(factory, seeds, info, state_layout=layout, **asdict(worker))

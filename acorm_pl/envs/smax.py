@@ -37,7 +37,8 @@ State: jaxmarl's world state (per unit: health fraction, x, y, weapon cooldown, 
 every unit's team and unit-type index) rescaled like SMAC's: positions centred on the map and divided
 by half its size (so in [-1, 1]), cooldowns as a fraction of the unit type's full cooldown, type
 indices divided by the largest index; dead units are all zeros. Observations are jaxmarl's as they are
-(already within [-1, 1]).
+(already within [-1, 1]). ``alive`` is jaxmarl's own per-unit flag of the allies; the allies' health
+fractions and unit types are decoded from the state by :meth:`SMAXVecEnv.agent_features`.
 
 Importing this module sets JAX defaults: no GPU memory pre-allocation, quiet XLA logs, and the CPU
 backend unless ``JAX_PLATFORMS`` is already set. jax itself is only imported on first use.
@@ -57,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, StepResult, VecEnv
+from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, StepResult, UnitStateLayout, VecEnv, require_seeds
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -162,14 +163,13 @@ class _Compiled:
             state_dim=int(env.state_size),
             episode_limit=episode_limit,
         )
-        self.random_unit_types = bool(scenario.smacv2_unit_type_generation)
-        self.type_names: list[str] = list(env.unit_type_names)
-        self.fixed_ally_types = np.asarray(scenario.unit_types[:n_allies], dtype=np.int64)
         agents = env.agents  # the allies only
 
         n_units, n_feat = n_allies + n_enemies, len(env.own_features)
         half_map = jnp.array([env.map_width / 2, env.map_height / 2], dtype=jnp.float32)
         max_type = max(len(env.unit_type_names) - 1, 1)
+        # Per unit [health fraction, x, y, cooldown, unit-type one-hot], allies first (jaxmarl's own_features).
+        self.layout = UnitStateLayout(n_allies, n_feat, health_at=0, types_at=4, type_names=tuple(env.unit_type_names))
 
         def normalised_state(world_state: jax.Array, st: Any) -> jax.Array:
             # jaxmarl's world state: per unit [health frac, x, y, cooldown, type one-hot], then teams and
@@ -190,6 +190,7 @@ class _Compiled:
                 jnp.stack([obs[a] for a in agents]).astype(jnp.float32),
                 normalised_state(obs["world_state"], st),
                 jnp.stack([avail[a] for a in agents]).astype(jnp.bool_),
+                st.state.unit_alive[:n_allies],
             )
 
         def reset_one(key: jax.Array) -> tuple:
@@ -198,7 +199,7 @@ class _Compiled:
             # The heuristic enemy's initial state holds weakly-typed scalars that step returns strongly
             # typed; without this the second step would compile step a second time.
             st = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), st)
-            return (key, st, *observe(obs, st), st.state.unit_types[:n_allies].astype(jnp.int32))
+            return (key, st, *observe(obs, st))
 
         def step_one(key: jax.Array, st: Any, actions: jax.Array) -> tuple:
             key, sub = jax.random.split(key)
@@ -227,6 +228,7 @@ class _Compiled:
                 r = rewards[agents[0]]
             return (key, st, *observe(obs, st), r.astype(jnp.float32), terminated, truncated, won)
 
+        # Past (key, state) their outputs are the fields of ResetResult / StepResult, in order.
         self.reset: Callable[..., tuple] = jax.jit(jax.vmap(reset_one))
         self.step: Callable[..., tuple] = jax.jit(jax.vmap(step_one), donate_argnums=(0, 1))
 
@@ -270,9 +272,7 @@ class SMAXVecEnv(VecEnv):
         enemy_attack_mode: str = "closest",
     ) -> None:
         limit = _check_config(map_name, episode_limit, reward, enemy_attack_mode)
-        seeds = [int(s) for s in seeds]
-        if not seeds:
-            raise EnvConfigError("SMAX needs at least one seed (one per copy), got none")
+        seeds = require_seeds(seeds, "SMAX")
         import jax
         import jax.numpy as jnp
 
@@ -281,9 +281,9 @@ class SMAXVecEnv(VecEnv):
         self.reward_mode = reward
         self.n_envs = len(seeds)
         self._fns: _Compiled | None = _compiled(map_name, limit, reward, enemy_attack_mode)
+        self.state_layout = self._fns.layout
         self._keys: Any = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
         self._state: Any = None
-        self._ally_types = torch.from_numpy(np.tile(self._fns.fixed_ally_types, (self.n_envs, 1)))
 
     def _require_open(self) -> _Compiled:
         if self._fns is None:
@@ -294,31 +294,11 @@ class SMAXVecEnv(VecEnv):
     def info(self) -> EnvInfo:
         return self._require_open().info
 
-    @property
-    def ally_unit_types(self) -> torch.Tensor:
-        """Unit type ids of the allies, [n_envs, n_agents] int64, for the latest reset of each copy."""
-        return self._ally_types
-
-    @property
-    def unit_type_names(self) -> list[str]:
-        """Unit type names of the allies in agent order, e.g. ``["marine", "marine", "marine"]``.
-
-        On the smacv2_* maps types are drawn per episode and per copy: this gives copy 0's latest
-        reset (see :attr:`ally_unit_types` for all copies) and requires a reset first.
-        """
-        fns = self._require_open()
-        if fns.random_unit_types and self._state is None:
-            raise RuntimeError(f"unit types of {self.map_name} are drawn per episode; call reset() first")
-        return [fns.type_names[t] for t in self._ally_types[0].tolist()]
-
     def reset(self) -> ResetResult:
         """Start a new episode in every copy."""
         fns = self._require_open()
-        keys, self._state, obs, state, avail, ally_types = fns.reset(self._keys)
-        self._keys = keys
-        if fns.random_unit_types:
-            self._ally_types = _to_torch(ally_types).long()
-        return ResetResult(obs=_to_torch(obs), state=_to_torch(state), avail_actions=_to_torch(avail))
+        self._keys, self._state, *observed = fns.reset(self._keys)
+        return ResetResult(*(_to_torch(x) for x in observed))
 
     def step(self, actions: torch.Tensor) -> StepResult:
         """Advance every copy by one step with integer ``actions`` [n_envs, n_agents]."""
@@ -331,19 +311,8 @@ class SMAXVecEnv(VecEnv):
         # A numpy argument is transferred during the jitted call's own dispatch, which measured
         # cheaper than a separate jnp.asarray or DLPack import of the torch tensor.
         acts = actions.detach().to(device="cpu", dtype=torch.int32).numpy()
-        keys, self._state, obs, state, avail, reward, terminated, truncated, won = fns.step(
-            self._keys, self._state, acts
-        )
-        self._keys = keys
-        return StepResult(
-            obs=_to_torch(obs),
-            state=_to_torch(state),
-            avail_actions=_to_torch(avail),
-            reward=_to_torch(reward),
-            terminated=_to_torch(terminated),
-            truncated=_to_torch(truncated),
-            battle_won=_to_torch(won),
-        )
+        self._keys, self._state, *observed = fns.step(self._keys, self._state, acts)
+        return StepResult(*(_to_torch(x) for x in observed))
 
     def reseed(self, seeds: Sequence[int]) -> None:
         """Copy ``i`` draws its next episodes from ``jax.random.PRNGKey(seeds[i])``, as if built with that seed."""

@@ -10,7 +10,7 @@ No orphans: every worker calls ``setsid()`` first (its own process group, so a t
 parent only and anything the engine launches shares the worker's group), asks the kernel to send it SIGTERM
 when the parent dies (``PR_SET_PDEATHSIG`` on Linux; tied to the parent *thread* that started the worker,
 so build the env on a long-lived thread such as the main one), and on SIGTERM closes its environment and
-kills its own group. The parent kills a worker with ``killpg(pid, SIGKILL)``.
+kills its own group (:mod:`acorm_pl.envs.worker_main`). The parent kills a worker with ``killpg(pid, SIGKILL)``.
 """
 
 from __future__ import annotations
@@ -23,25 +23,26 @@ import pickle
 import signal
 import sys
 import time
-import traceback
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from acorm_pl.envs.base import EnvConfigError, EnvInfo, ResetResult, SingleEnv, SingleStep, StepResult, VecEnv
+from acorm_pl.envs.base import EnvConfigError, ResetResult, SingleStep, StepResult, VecEnv, require_seeds
+from acorm_pl.envs.worker_main import worker_main
 
 if TYPE_CHECKING:  # workers import this module too: torch is loaded lazily, in the parent only
     import torch
+
+    from acorm_pl.envs.base import EnvInfo, SingleEnv, UnitStateLayout
 
 log = logging.getLogger(__name__)
 
 RESEED_STRIDE = 100_003  # a prime, so restarted seeds of neighbouring copies do not collide for long
 CLOSE_TIMEOUT = 5.0  # seconds close() lets workers shut their engines down before killing them
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def restart_seed(seed: int, restarts: int) -> int:
@@ -49,73 +50,40 @@ def restart_seed(seed: int, restarts: int) -> int:
     return seed + RESEED_STRIDE * restarts
 
 
-# ---- worker side (runs in the child; keep it small and import-light) ---------------------------------------
-def _shutdown(holder: list[SingleEnv]) -> NoReturn:
-    """Close the environment, then take down everything in this worker's process group (itself included)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for env in holder:
-        with contextlib.suppress(Exception):  # the process is going away: nothing left to report to
-            env.close()
-    if os.getpgrp() == os.getpid():  # only when setsid() worked: never signal the parent's group
-        os.killpg(os.getpid(), signal.SIGKILL)
-    os._exit(0)
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How :class:`ProcessVecEnv` runs its workers: the one definition of these options (``data.env_kwargs`` of
+    the process-backed families), checked here with one-line :class:`EnvConfigError` messages.
 
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to send SIGTERM when the parent dies; exit now if it already has."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-
-def _worker_main(conn: Connection, factory: Callable[[int], SingleEnv], seed: int, parent_pid: int) -> NoReturn:
-    """Worker loop: build ``factory(seed)``, then answer ``(command, argument)`` messages until "close".
-
-    Replies are ``("ready", info)`` once after construction, then ``("ok", result)`` or ``("error", traceback)``.
+    Args:
+        step_timeout: seconds a step may take before the worker counts as hung.
+        reset_timeout: seconds a reset may take (including starting a restarted worker and its engine).
+        max_restarts: restarts allowed in total over the env's life.
     """
-    with contextlib.suppress(OSError):
-        os.setsid()
-    holder: list[SingleEnv] = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: _shutdown(holder))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the parent's business
-    _die_with_parent(parent_pid)
-    try:
-        holder.append(factory(seed))
-        conn.send(("ready", holder[0].info))
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
-        _shutdown(holder)
-    env = holder[0]
-    commands = {"step": env.step, "reset": lambda _: env.reset(), "save_replay": lambda _: env.save_replay(),
-                "seed": env.seed}
-    while True:
-        try:
-            command, argument = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            _shutdown(holder)
-        if command == "close":
-            break
-        try:
-            reply: tuple[str, Any] = ("ok", commands[command](argument))
-        except Exception:
-            reply = ("error", traceback.format_exc())
-        try:
-            conn.send(reply)
-        except (OSError, ValueError):
-            _shutdown(holder)
-    env.close()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip interpreter teardown (slow with torch loaded); the parent kills leftovers of the group
+
+    step_timeout: float = 60.0
+    reset_timeout: float = 300.0
+    max_restarts: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("step_timeout", "reset_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise EnvConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        restarts = self.max_restarts
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 0:
+            raise EnvConfigError(f"max_restarts must be a non-negative integer, got {restarts!r}")
+
+    @classmethod
+    def split(cls, options: Mapping[str, Any]) -> tuple[WorkerOptions, dict[str, Any]]:
+        """The worker options among a family's ``options`` (checked, defaults filled in) and all the others."""
+        return (cls(**{k: v for k, v in options.items() if k in WORKER_OPTIONS}),
+                {k: v for k, v in options.items() if k not in WORKER_OPTIONS})
 
 
-# ---- parent side ---------------------------------------------------------------------------------------------
+WORKER_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(WorkerOptions))
+
+
 @contextlib.contextmanager
 def _main_module_hidden(hide: bool) -> Iterator[None]:
     """While starting workers, keep ``spawn`` from re-running the parent's ``__main__`` in them.
@@ -192,40 +160,33 @@ def _close_workers(workers: list[_Worker | None]) -> None:
 class ProcessVecEnv(VecEnv):
     """``len(seeds)`` copies of a :class:`SingleEnv`, each in its own ``spawn``-ed worker process.
 
-    Finished copies are not stepped again until the next :meth:`reset`; they report their last result (as
-    pymarl's parallel runner, where finished episodes wait for the rest). A failed worker is restarted
-    with seed ``seeds[i] + 100_003 * k`` after its ``k``-th restart; the step reports that copy
-    ``terminated`` and ``discarded``. At most ``max_restarts`` restarts over the env's life, then
-    :class:`RuntimeError`. A worker failing during :meth:`reset` is restarted and its reset retried.
+    Finished copies are never stepped again until the next :meth:`reset` (their :class:`SingleEnv` is not
+    called); they report their last result (as pymarl's parallel runner, where finished episodes wait for the
+    rest). A failed worker is restarted with seed ``seeds[i] + 100_003 * k`` after its ``k``-th restart; the
+    step reports that copy ``terminated`` and ``discarded``. At most ``max_restarts`` restarts over the env's
+    life, then :class:`RuntimeError`. A worker failing during :meth:`reset` is restarted and its reset retried.
     :meth:`state_dict` is empty: process envs re-seed on resume instead of restoring engine RNG state.
 
     Args:
         factory: picklable ``seed -> SingleEnv`` (e.g. a ``functools.partial`` of the class), called in the worker.
         seeds: one seed per copy.
         info: the task's facts; every worker's environment must report exactly these.
-        step_timeout: seconds a step may take before the worker counts as hung.
-        reset_timeout: seconds a reset may take (including starting a restarted worker and its engine).
-        max_restarts: restarts allowed in total for this env.
+        state_layout: where the family's state keeps health and unit types (:meth:`VecEnv.agent_features`).
+        **options: :class:`WorkerOptions` (``step_timeout``, ``reset_timeout``, ``max_restarts``).
     """
 
     def __init__(self, factory: Callable[[int], SingleEnv], seeds: Sequence[int], info: EnvInfo, *,
-                 step_timeout: float = 60.0, reset_timeout: float = 300.0, max_restarts: int = 100):  # fmt: skip
-        for name, value in [("step_timeout", step_timeout), ("reset_timeout", reset_timeout)]:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise EnvConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise EnvConfigError(f"max_restarts must be a non-negative integer, got {max_restarts!r}")
-        if len(seeds) < 1:
-            raise EnvConfigError("ProcessVecEnv needs at least one seed, got none")
+                 state_layout: UnitStateLayout | None = None, **options: Any):  # fmt: skip
+        self.options = WorkerOptions(**options)
+        seeds = require_seeds(seeds, "ProcessVecEnv")
         self.n_envs = len(seeds)
         self.restarts = 0
-        self.step_timeout, self.reset_timeout = float(step_timeout), float(reset_timeout)
-        self.max_restarts = max_restarts
+        self.state_layout = state_layout
         try:
             self._hide_main = b"__main__" not in pickle.dumps(factory)
         except Exception as err:
             raise EnvConfigError(f"the environment factory {factory!r} cannot be pickled: {err}") from None
-        self._info, self._factory, self._seeds = info, factory, [int(s) for s in seeds]
+        self._info, self._factory, self._seeds = info, factory, seeds
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker | None] = [None] * self.n_envs
         # Closes the workers when close() is called, when this object is collected, or at interpreter exit,
@@ -237,7 +198,7 @@ class ProcessVecEnv(VecEnv):
         try:
             for i in range(self.n_envs):
                 self._workers[i] = self._spawn(i, 0)
-            deadline = time.monotonic() + self.reset_timeout
+            deadline = time.monotonic() + self.options.reset_timeout
             for i in range(self.n_envs):
                 self._handshake(i, deadline)
         except BaseException:
@@ -257,7 +218,7 @@ class ProcessVecEnv(VecEnv):
         seed = restart_seed(self._seeds[index], incarnation)
         conn, child_conn = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(child_conn, self._factory, seed, os.getpid()),
             name=f"env-worker-{index}",
             daemon=True,
@@ -277,7 +238,7 @@ class ProcessVecEnv(VecEnv):
         """Wait for a fresh worker's ``ready``; a failure here is a broken factory, not bad luck."""
         worker = self._worker(index)
         try:
-            self._recv(worker, deadline, self.reset_timeout, until_ready=True)
+            self._recv(worker, deadline, self.options.reset_timeout, until_ready=True)
         except _WorkerFailure as failure:
             log.error("environment worker %d (pid %d, seed %d) failed to start: %s", index, worker.process.pid,
                       worker.seed, failure)  # fmt: skip
@@ -339,38 +300,39 @@ class ProcessVecEnv(VecEnv):
         reason = str(failure)
         if failure.died and old.process.exitcode is not None:
             reason = f"{reason} with exit code {old.process.exitcode}"
-        if self.restarts >= self.max_restarts:
+        if self.restarts >= self.options.max_restarts:
             lines = reason.strip().splitlines()
             detail = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
             raise RuntimeError(f"environment worker {index} (pid {pid}) failed ({detail}) after all "
-                               f"max_restarts={self.max_restarts} restarts were used")  # fmt: skip
+                               f"max_restarts={self.options.max_restarts} restarts were used")  # fmt: skip
         self.restarts += 1
         new = self._workers[index] = self._spawn(index, old.incarnation + 1)
         log.warning("environment worker %d (pid %d, seed %d) %s; killed its process group, restarted it with seed %d "
                     "(restart %d of at most %d); its episode is discarded", index, pid, old.seed, reason, new.seed,
-                    self.restarts, self.max_restarts)  # fmt: skip
+                    self.restarts, self.options.max_restarts)  # fmt: skip
 
     # ---- VecEnv ---------------------------------------------------------------------------------------------
     def reset(self) -> ResetResult:
         """Reset every copy concurrently; workers that fail are restarted and their reset retried."""
         pending = list(range(self.n_envs))
         while pending:
-            replies, pending = self._exchange({i: ("reset", None) for i in pending}, self.reset_timeout)
-            for i, (obs, state, avail) in replies.items():
-                self._last[i] = SingleStep(obs, state, avail, 0.0, False, False, False)
+            replies, pending = self._exchange({i: ("reset", None) for i in pending}, self.options.reset_timeout)
+            for i, first in replies.items():
+                self._last[i] = SingleStep(**vars(first), reward=0.0, terminated=False, truncated=False,
+                                           battle_won=False)  # fmt: skip
         self._running[:] = True
         self._lost[:] = False
-        return ResetResult(*self._stack_obs())
+        return ResetResult(*self._stack_observations())
 
     def step(self, actions: torch.Tensor) -> StepResult:
-        """Step the copies whose episode is still running; the others repeat their last result."""
+        """Step the copies whose episode is still running; the others repeat their last result untouched."""
         import torch
 
         if any(last is None for last in self._last):
             raise RuntimeError("ProcessVecEnv.step() called before reset()")
         acts = actions.detach().cpu().numpy().astype(np.int64, copy=False)
         running = np.flatnonzero(self._running).tolist()
-        replies, failed = self._exchange({i: ("step", acts[i]) for i in running}, self.step_timeout)
+        replies, failed = self._exchange({i: ("step", acts[i]) for i in running}, self.options.step_timeout)
         for i, result in replies.items():
             self._last[i] = result
             self._running[i] = not (result.terminated or result.truncated)
@@ -378,7 +340,7 @@ class ProcessVecEnv(VecEnv):
             self._mark_lost(i)
         last = [s for s in self._last if s is not None]
         return StepResult(
-            *self._stack_obs(),
+            *self._stack_observations(),
             reward=torch.tensor([s.reward for s in last], dtype=torch.float32),
             terminated=torch.tensor([bool(s.terminated) for s in last]),
             truncated=torch.tensor([bool(s.truncated) for s in last]),
@@ -390,22 +352,23 @@ class ProcessVecEnv(VecEnv):
         """Copy ``index`` lost its episode: it reports terminated and discarded until the next reset."""
         last = self._last[index]
         if last is not None:
-            self._last[index] = SingleStep(last.obs, last.state, last.avail_actions, 0.0, True, False, False)
+            self._last[index] = replace(last, reward=0.0, terminated=True, truncated=False, battle_won=False)
         self._running[index] = False
         self._lost[index] = True
 
-    def _stack_obs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _stack_observations(self) -> list[torch.Tensor]:
+        """obs, state, avail_actions and alive of every copy's latest result, stacked."""
         import torch
 
         last = [s for s in self._last if s is not None]
-        return tuple(  # type: ignore[return-value]
-            torch.from_numpy(np.stack([np.asarray(getattr(s, name), dtype=dtype) for s in last]))
-            for name, dtype in (("obs", np.float32), ("state", np.float32), ("avail_actions", bool))
-        )
+        fields_ = (("obs", np.float32), ("state", np.float32), ("avail_actions", bool), ("alive", bool))
+        return [torch.from_numpy(np.stack([np.asarray(getattr(s, name), dtype=dtype) for s in last]))
+                for name, dtype in fields_]
 
     def save_replay(self) -> None:
         """Ask every worker's environment to write its replay (SMAC); a failing worker is restarted."""
-        _, failed = self._exchange({i: ("save_replay", None) for i in range(self.n_envs)}, self.reset_timeout)
+        _, failed = self._exchange({i: ("save_replay", None) for i in range(self.n_envs)},
+                                   self.options.reset_timeout)
         for i in failed:
             self._mark_lost(i)
 
@@ -415,7 +378,7 @@ class ProcessVecEnv(VecEnv):
         if len(seeds) != self.n_envs:
             raise ValueError(f"reseed needs {self.n_envs} seeds, got {len(seeds)}")
         self._seeds = [int(s) for s in seeds]
-        _, failed = self._exchange({i: ("seed", s) for i, s in enumerate(self._seeds)}, self.reset_timeout)
+        _, failed = self._exchange({i: ("seed", s) for i, s in enumerate(self._seeds)}, self.options.reset_timeout)
         for i in failed:  # restarted with a seed derived from its new one; nothing of an episode was lost
             self._mark_lost(i)
 
@@ -430,4 +393,4 @@ class ProcessVecEnv(VecEnv):
             finalizer()
 
 
-__all__ = ["RESEED_STRIDE", "ProcessVecEnv", "restart_seed"]
+__all__ = ["RESEED_STRIDE", "WORKER_OPTIONS", "ProcessVecEnv", "WorkerOptions", "restart_seed"]

@@ -7,9 +7,13 @@ A sweep file (YAML) names the trials of a study; each trial is one ``acorm-pl fi
     directory: sweeps/smoke           # checkpoints, logs and the MLflow store (default sweeps/<name>)
     variants:                         # label -> base config file(s) and overrides of that variant
       ACORM:
-        config: conf/smax/acorm_{map}.yaml   # block style: YAML's {...} style cannot hold a {map} path
+        config:                       # composed in order, as repeated --config; block style: YAML's
+          - conf/algo/acorm.yaml      # [...] and {...} styles cannot hold a {map} path
+          - conf/env/smax/{map}.yaml
       QMIX-128:
-        config: conf/smax/qmix_{map}.yaml
+        config:
+          - conf/algo/qmix.yaml
+          - conf/env/smax/{map}.yaml
         overrides: {model.init_args.embed_dim: 128}
     seeds: [0, 1, 2]
     overrides: {data.total_env_steps: 500000}   # every trial
