@@ -271,7 +271,7 @@ def main(args: list[str] | None = None) -> None:
         cause = _config_error_in(err)
         if cause is None:
             raise
-        message = " ".join(str(cause).split())  # jsonargparse spreads one error over several lines
+        message = _explained(" ".join(str(cause).split()))  # jsonargparse spreads one error over several lines
         print(f"acorm-pl: error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -281,6 +281,16 @@ def main(args: list[str] | None = None) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _explained(message: str) -> str:
+    """``message``, or what to do instead where jsonargparse's words would not say it: a config without an
+    algorithm (an environment file alone, or an ablation file without the algorithm file it modifies)."""
+    if "arguments are required: fit.model" in message or "given class_path 'lightning.LightningModule'" in message:
+        return ("the config names no algorithm (model.class_path): put an algorithm file first, e.g. "
+                "--config conf/algo/acorm.yaml --config conf/env/smax/3s5z.yaml (conf/algo: qmix, acorm, mappo, "
+                "acorm_mappo; an ablation file goes between the two)")
+    return message
 
 
 def _config_error_in(err: BaseException) -> BaseException | None:

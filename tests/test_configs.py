@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_errors import assert_one_line_error
 from engines import needs_football
 from fake_smac import install_fake_smac
 from paper_configs import CONF, config_args
@@ -132,6 +133,15 @@ def test_mmm2_single_file_is_acorm_on_smac_mmm2(tmp_path, monkeypatch):
         assert single.config[section] == composed.config[section], section
     names = yaml.safe_load((CONF / "mmm2.yaml").read_text())["trainer"]["logger"]["init_args"]
     assert names == {"experiment_name": "smac-MMM2", "run_name": "acorm"}  # the env file's and the algorithm file's
+
+
+@pytest.mark.parametrize("files", [["env/smax/3m.yaml"], ["algo/ablations/wo_cl.yaml", "env/smax/3m.yaml"]],
+                         ids=["environment file alone", "ablation file without its algorithm file"])
+def test_a_config_without_an_algorithm_is_one_line(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", *[a for f in files for a in ("--config", str(CONF / f))]]
+    assert_one_line_error(args, capsys, "the config names no algorithm (model.class_path): put an algorithm file "
+                                        "first, e.g. --config conf/algo/acorm.yaml")
 
 
 def test_quickstart_single_file_instantiates(tmp_path, monkeypatch):
