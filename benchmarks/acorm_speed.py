@@ -89,6 +89,7 @@ def mmm2_batch(batch_size: int = BATCH, seed: int = 0) -> EpisodeBatch:
         reward=torch.rand(batch_size, t, generator=g) * steps,
         terminated=terminated,
         filled=steps.float(),
+        alive=alive & live.view(batch_size, t + 1, 1),
     )
 
 

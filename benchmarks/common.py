@@ -72,4 +72,5 @@ def random_batch(info: EnvInfo, batch: int, steps: int, seed: int = 0) -> Episod
         reward=torch.rand(batch, steps, generator=g),
         terminated=torch.zeros(batch, steps),
         filled=torch.ones(batch, steps),
+        alive=torch.ones(batch, steps + 1, n, dtype=torch.bool),
     )

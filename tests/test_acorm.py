@@ -9,6 +9,7 @@ import torch
 from acorm_pl.algos import ACORM, QMIX
 from acorm_pl.callbacks import RoleClustering
 from acorm_pl.data import EpisodeBatch
+from acorm_pl.data.episode_buffer import alive_from_avail
 from acorm_pl.envs.base import EnvInfo
 
 INFO = EnvInfo(n_agents=4, n_actions=7, obs_dim=6, state_dim=9, episode_limit=8)
@@ -27,7 +28,8 @@ def _batch(b: int = 3, t: int = 6, seed: int = 0) -> EpisodeBatch:
     return EpisodeBatch(obs=torch.randn(b, t + 1, n, INFO.obs_dim, generator=g),
                         state=torch.randn(b, t + 1, INFO.state_dim, generator=g), avail_actions=avail,
                         actions=torch.randint(0, a, (b, t, n), generator=g) * avail[:, :-1].all(-1),
-                        reward=torch.rand(b, t, generator=g) * filled, terminated=terminated, filled=filled)
+                        reward=torch.rand(b, t, generator=g) * filled, terminated=terminated, filled=filled,
+                        alive=alive_from_avail(avail))
 
 
 def _acorm(**kw) -> ACORM:

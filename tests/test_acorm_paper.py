@@ -22,6 +22,7 @@ from acorm_pl.algos import ACORM, ACORMMAPPO, QMIX
 from acorm_pl.analysis.inspect import load_checkpoint
 from acorm_pl.cli import build_cli, main
 from acorm_pl.data import EpisodeBatch
+from acorm_pl.data.episode_buffer import alive_from_avail
 from acorm_pl.envs.base import EnvInfo
 from acorm_pl.envs.seeds import ANALYSIS_SEED, EVAL_SEED_STRIDE, evaluation_seeds
 from acorm_pl.envs.smax import SMAXVecEnv
@@ -43,7 +44,8 @@ def _batch(b: int = 3, t: int = 6) -> EpisodeBatch:
     return EpisodeBatch(obs=torch.randn(b, t + 1, n, INFO.obs_dim, generator=g),
                         state=torch.randn(b, t + 1, INFO.state_dim, generator=g), avail_actions=avail,
                         actions=torch.zeros(b, t, n, dtype=torch.long), reward=torch.rand(b, t, generator=g) * filled,
-                        terminated=torch.zeros(b, t), filled=filled)
+                        terminated=torch.zeros(b, t), filled=filled,
+                        alive=alive_from_avail(avail))
 
 
 # ---- Eq. (5) after every update ----------------------------------------------------------------------------

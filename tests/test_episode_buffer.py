@@ -186,11 +186,17 @@ def test_checkpoint_from_before_alive_was_stored_derives_it_from_the_available_a
                        torch.tensor([False, True, False]))
 
 
-def test_a_batch_built_without_alive_takes_the_rule_of_the_available_actions():
+def test_a_batch_refuses_alive_flags_that_would_broadcast():
     episodes = make_episodes([3, 5])
-    fields = {k: getattr(episodes, k) for k in FIELDS if k != "alive"}
-    built = EpisodeBatch(**fields)
-    assert torch.equal(built.alive, alive_from_avail(episodes.avail_actions)) and built.alive.shape == (2, 6, 3)
+    given = {k: getattr(episodes, k) for k in FIELDS}
+    shapes = r"alive must be a bool tensor of shape \(2, 6, 3\).*got torch.bool \(2, 6, 1\)"
+    with pytest.raises(ValueError, match=shapes):
+        EpisodeBatch(**{**given, "alive": given["alive"][..., :1]})  # [B, T+1, 1] would broadcast over agents
+    with pytest.raises(ValueError, match="got torch.float32"):
+        EpisodeBatch(**{**given, "alive": given["alive"].float()})
+    with pytest.raises(TypeError, match="alive"):  # no longer inferred: the environment reports it
+        EpisodeBatch(**{k: v for k, v in given.items() if k != "alive"})
+    built = EpisodeBatch(**given)
     assert built.truncate(2).alive.shape == (2, 3, 3) and EpisodeBatch.cat([built, built]).alive.shape == (4, 6, 3)
 
 

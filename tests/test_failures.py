@@ -72,7 +72,8 @@ def _batch(b: int = 2, t: int = 4) -> EpisodeBatch:
                         state=torch.rand(b, t + 1, INFO["state_dim"], generator=g),
                         avail_actions=torch.ones(b, t + 1, n, a, dtype=torch.bool),
                         actions=torch.randint(0, a, (b, t, n), generator=g), reward=torch.rand(b, t, generator=g),
-                        terminated=torch.zeros(b, t), filled=torch.ones(b, t))
+                        terminated=torch.zeros(b, t), filled=torch.ones(b, t),
+                        alive=torch.ones(b, t + 1, n, dtype=torch.bool))
 
 
 def test_the_contrastive_step_is_guarded_too():

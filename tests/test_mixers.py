@@ -16,6 +16,7 @@ from acorm_pl.algos import ACORM, QMIX, QPLEX, VDN
 from acorm_pl.analysis.demo import small_run_args
 from acorm_pl.cli import main
 from acorm_pl.data import EpisodeBatch
+from acorm_pl.data.episode_buffer import alive_from_avail
 from acorm_pl.envs.base import EnvInfo
 from acorm_pl.losses import double_q_next_values, masked_td_loss, td_targets
 from acorm_pl.nets import QPLEXMixer, VDNMixer, shift_actions
@@ -37,7 +38,7 @@ def _batch(b: int = 4, t: int = 6, seed: int = 0) -> EpisodeBatch:
     return EpisodeBatch(obs=torch.randn(b, t + 1, n, INFO.obs_dim, generator=g),
                         state=torch.randn(b, t + 1, INFO.state_dim, generator=g), avail_actions=avail,
                         actions=scores.argmax(-1), reward=torch.rand(b, t, generator=g) * filled,
-                        terminated=terminated, filled=filled)
+                        terminated=terminated, filled=filled, alive=alive_from_avail(avail))
 
 
 def test_vdn_is_the_sum_of_agent_qs():

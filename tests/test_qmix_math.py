@@ -7,6 +7,7 @@ import torch
 
 from acorm_pl.algos import QMIX
 from acorm_pl.data import EpisodeBatch
+from acorm_pl.data.episode_buffer import alive_from_avail
 from acorm_pl.envs.base import EnvInfo
 from acorm_pl.losses import (
     double_q_next_values,
@@ -114,14 +115,18 @@ def _batch(b: int = 4, t: int = 5, seed: int = 0) -> EpisodeBatch:
     filled[0, 3:] = 0
     terminated = torch.zeros(b, t)
     terminated[0, 2] = 1
+    obs = torch.randn(b, t + 1, n, INFO.obs_dim, generator=g)
+    state = torch.randn(b, t + 1, INFO.state_dim, generator=g)
+    avail = (torch.rand(b, t + 1, n, a, generator=g) > 0.3) | torch.eye(a, dtype=torch.bool)[0]
     return EpisodeBatch(
-        obs=torch.randn(b, t + 1, n, INFO.obs_dim, generator=g),
-        state=torch.randn(b, t + 1, INFO.state_dim, generator=g),
-        avail_actions=(torch.rand(b, t + 1, n, a, generator=g) > 0.3) | torch.eye(a, dtype=torch.bool)[0],
+        obs=obs,
+        state=state,
+        avail_actions=avail,
         actions=torch.randint(0, a, (b, t, n), generator=g),
         reward=torch.rand(b, t, generator=g) * filled,
         terminated=terminated,
         filled=filled,
+        alive=alive_from_avail(avail),
     )
 
 

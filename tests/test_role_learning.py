@@ -14,6 +14,7 @@ from acorm_pl.algos.base import EnvStepLRDecay, upgrade_state_dict
 from acorm_pl.algos.roles import RoleLearning, RoleSwitches
 from acorm_pl.checkpoints import state_mismatch
 from acorm_pl.data import EpisodeBatch
+from acorm_pl.data.episode_buffer import alive_from_avail
 from acorm_pl.envs.base import EnvInfo
 from acorm_pl.errors import ConfigError
 
@@ -36,7 +37,8 @@ def _batch(seed: int = 0) -> EpisodeBatch:
     return EpisodeBatch(obs=torch.randn(b, t + 1, n, INFO.obs_dim, generator=g),
                         state=torch.randn(b, t + 1, INFO.state_dim, generator=g), avail_actions=avail,
                         actions=torch.randint(0, a, (b, t, n), generator=g) * avail[:, :-1].all(-1),
-                        reward=torch.rand(b, t, generator=g) * filled, terminated=torch.zeros(b, t), filled=filled)
+                        reward=torch.rand(b, t, generator=g) * filled, terminated=torch.zeros(b, t), filled=filled,
+                        alive=alive_from_avail(avail))
 
 
 def _old_layout(state: dict[str, torch.Tensor], state_input: str) -> dict[str, torch.Tensor]:

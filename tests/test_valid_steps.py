@@ -10,6 +10,7 @@ from sizes import SMALL
 import acorm_pl.nets.agent as agent_nets
 from acorm_pl.algos import ACORM, ACORMMAPPO, MAPPO, QMIX
 from acorm_pl.data import EpisodeBatch
+from acorm_pl.data.episode_buffer import alive_from_avail
 from acorm_pl.envs.base import EnvInfo
 from acorm_pl.nets.agent import RecurrentEncoder, length_buckets
 
@@ -34,7 +35,7 @@ def _mixed_batch(b: int = 24, t: int = 40) -> EpisodeBatch:
     return EpisodeBatch(obs=torch.randn(b, t + 1, n, INFO.obs_dim, generator=g),
                         state=torch.randn(b, t + 1, INFO.state_dim, generator=g), avail_actions=avail,
                         actions=actions * filled.long()[..., None], reward=torch.rand(b, t, generator=g) * filled,
-                        terminated=terminated, filled=filled)
+                        terminated=terminated, filled=filled, alive=alive_from_avail(avail))
 
 
 def _loss(model, batch: EpisodeBatch) -> torch.Tensor:

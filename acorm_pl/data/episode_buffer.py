@@ -18,8 +18,7 @@ class EpisodeBatch:
     Time-indexed fields with T+1 entries hold the observation *before* each step plus the one after the
     last step (needed to bootstrap truncated episodes). ``filled[b, t]`` is 1 where step t is a real
     transition of episode b. ``alive[b, t, i]`` says whether agent i was alive at observation t, as the
-    environment reported it (False in padding, as ``avail_actions``); a batch built without it (by hand, in
-    tests and benchmarks) takes it from ``avail_actions`` by :func:`alive_from_avail`.
+    environment reported it (False in padding, as ``avail_actions``).
     """
 
     obs: torch.Tensor  # [B, T+1, N, obs_dim] float32
@@ -29,11 +28,13 @@ class EpisodeBatch:
     reward: torch.Tensor  # [B, T] float32
     terminated: torch.Tensor  # [B, T] float32, 1 on a true terminal transition
     filled: torch.Tensor  # [B, T] float32 mask of valid steps
-    alive: torch.Tensor = None  # type: ignore[assignment]  # [B, T+1, N] bool (derived when not given)
+    alive: torch.Tensor  # [B, T+1, N] bool
 
     def __post_init__(self) -> None:
-        if self.alive is None:
-            self.alive = alive_from_avail(self.avail_actions)
+        # A mis-shaped flag would broadcast silently in the masks that use it.
+        if self.alive.dtype != torch.bool or self.alive.shape != self.avail_actions.shape[:-1]:
+            raise ValueError(f"EpisodeBatch.alive must be a bool tensor of shape {tuple(self.avail_actions.shape[:-1])}"
+                             f" [B, T+1, N], got {self.alive.dtype} {tuple(self.alive.shape)}")
 
     @property
     def batch_size(self) -> int:
@@ -89,7 +90,7 @@ _PLUS_ONE = {"obs", "state", "avail_actions", "alive"}
 def alive_from_avail(avail_actions: torch.Tensor) -> torch.Tensor:
     """Alive agents [..., N] inferred from available actions [..., N, A] by the rule used before environments
     reported ``alive``: more than one available action (SMAC and SMAX leave a dead unit only one). Only for
-    data that lacks the field: replay buffers in older checkpoints and hand-built batches."""
+    data that lacks the field: replay buffers in older checkpoints (and hand-built test batches)."""
     return avail_actions.sum(-1) > 1
 
 
