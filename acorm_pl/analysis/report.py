@@ -5,8 +5,6 @@ wall times, and the published SMAX figures for the same maps."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from acorm_pl.analysis.curves import RunCurve, curves_figure, learning_curves
-from acorm_pl.analysis.role_stats import fmt_nmi
+from acorm_pl.analysis.role_report import roles_section
 from acorm_pl.analysis.stats import area_under_curve, bootstrap_band, bootstrap_diff_ci
 from acorm_pl.analysis.study import ARMS, RESULTS_DIR, StudyRun, load_results
 
@@ -173,49 +171,6 @@ def _run_rows(members: Sequence[Cell]) -> list[str]:
                         f"{'?' if wall is None else f'{wall / 60:.0f} min'} | "
                         f"{'?' if rate is None else f'{rate:,.0f}'} | {ratio} | {str(f.get('commit') or '?')[:8]} |")
     return rows
-
-
-def roles_section(results: Path, doc_dir: Path, figures_dir: Path) -> list[str]:
-    """Markdown for every ``<results>/roles/*.json`` written by ``acorm-pl results roles``, linking its figures
-    in ``<figures_dir>/roles_<name>/``."""
-    files = sorted((results / "roles").glob("*.json")) if (results / "roles").is_dir() else []
-    if not files:
-        return []
-    lines = ["## Roles and attention (Figs. 4, 5, 11, 13)", "",
-             "Greedy episodes on analysis seeds. At every step the alive agents are clustered by K-means (K of the "
-             "checkpoint) on their agent embeddings e (the clusters that pick ACORM's negatives), on their role "
-             "representations z, and, for the host, on its agent GRU's hidden states; the NMI of those clusters "
-             "with the agents' unit types and with their health bands (0-1/3, 1/3-2/3, 2/3-1 of max health) is "
-             "averaged over the steps where the reference has two values or more; chance: the same clusters "
-             "shuffled within each step. Attention: entropy of each head's weights over the alive agents divided "
-             "by log(alive) (1 = uniform), and the mean total-variation distance between two heads' weights.", ""]
-    for path in files:
-        data = json.loads(path.read_text())
-        lines += [f"### {path.stem}: {data['algorithm']} on SMAX {data['map']} after {data['env_steps']:,} env steps "
-                  f"(test win rate over these episodes {data['policy']['win_rate']:.2f})", "",
-                  "| policy | clustered | K | NMI with unit type | NMI with health band |", "|---|---|---|---|---|"]
-        blocks = [(data["algorithm"], data["policy"])]
-        if "baseline" in data:
-            blocks.append((f"{data['baseline']['algorithm']} (host)", data["baseline"]))
-        for name, block in blocks:
-            for what in ("embeddings", "roles"):
-                if what in block:
-                    c = block[what]
-                    lines.append(f"| {name} | {'e' if what == 'embeddings' else 'z'} | {c['k']} | "
-                                 f"{fmt_nmi(c.get('unit_type'))} | {fmt_nmi(c.get('health_band'))} |")
-        attention = data["policy"].get("attention")
-        if attention:
-            ent = ", ".join(f"{v:.2f}" for v in attention["normalised_entropy_per_head"])
-            lines += ["", f"Attention ({attention['heads']} heads, {attention['steps']} steps): normalised entropy "
-                          f"per head {ent}; mean distance between heads {attention['head_distance_tv']:.2f} "
-                          "(total variation, 0 = identical, 1 = disjoint)."]
-        for fig in data.get("figures", []):
-            if fig.endswith(".png"):
-                where = figures_dir / f"roles_{path.stem}" / Path(fig).name
-                rel = Path(os.path.relpath(where.resolve(), doc_dir.resolve())).as_posix()
-                lines += ["", f"![{Path(fig).stem}]({rel})"]
-        lines.append("")
-    return lines
 
 
 def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path, notes: str | None = None,
