@@ -215,6 +215,23 @@ def test_trials_expand_seed_major_with_overrides_in_order(tmp_path, monkeypatch)
     assert "--seed_everything=0" in args and "--torch_num_threads=1" in args
 
 
+def test_only_selects_trials_by_pattern_in_sweep_order(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("COLUMNS", "200")
+    text = GOOD.replace("seeds: [0]", "seeds: [0, 1, 2]").replace("{map: [3m]}", "{map: [3m, 8m]}")
+    path = _sweep_file(tmp_path, text)
+    sweep = load_sweep(path, tmp_path / "d")
+    assert [t.trial_id for t in sweep.select(["*-3m-*"])] == ["QMIX-3m-s0", "QMIX-3m-s1", "QMIX-3m-s2"]
+    assert [t.trial_id for t in sweep.select(["*-s2", "QMIX-8m-s0"])] == ["QMIX-8m-s0", "QMIX-3m-s2", "QMIX-8m-s2"]
+    assert sweep.select(None) == sweep.trials()
+    main(["sweep", str(path), "--dir", str(tmp_path / "d"), "--status", "--only", "*-8m-*"])
+    shown = [ln for ln in capsys.readouterr().out.splitlines() if "QMIX-" in ln]
+    assert [ln.split()[1] for ln in shown] == ["QMIX-8m-s0", "QMIX-8m-s1", "QMIX-8m-s2"]
+    assert_one_line_error(["sweep", str(path), "--dir", str(tmp_path / "d"), "--only", "*-3s5z-*"], capsys,
+                          f"--only '*-3s5z-*' matches no trial of {path}; its trials: QMIX-3m-s0, QMIX-8m-s0,")
+    assert not (tmp_path / "d").exists()
+
+
 def test_resume_takes_the_newest_readable_checkpoint_not_last_ckpt(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     paths = [tmp_path / f"epoch={i}-step={i}.ckpt" for i in range(3)]

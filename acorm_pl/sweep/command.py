@@ -73,6 +73,10 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="CPUs of the local Ray (default: all of this machine's); trials run side by side as far as "
                         "their resources.cpus allow")
     p.add_argument("--num-gpus", type=int, default=None, help="GPUs of the local Ray (default: those Ray detects)")
+    p.add_argument("--only", action="append", metavar="PATTERN", default=None,
+                   help="run (or show) only the trials whose id matches this shell-style pattern, e.g. "
+                        "'*-2s3z-*' for one map of the grid first; repeat for several; a rerun without it runs "
+                        "the rest")
     return p
 
 
@@ -101,7 +105,7 @@ def sweep_command(argv: list[str], console: Console | None = None) -> None:
     local_cpus = args.num_cpus or os.cpu_count() or 1
     require(args.address is not None or args.status or sweep.cpus <= local_cpus,
             f"a trial needs {sweep.cpus} CPUs (resources.cpus in {sweep.source}) but the local Ray has {local_cpus}")
-    trials = sweep.trials()
+    trials = sweep.select(args.only)
     reader = _reader(sweep, args.tracking_uri)
     if args.status:
         console.print(status_table(sweep, trials, sweep_runs(reader, sweep) if reader else {}))
@@ -110,9 +114,10 @@ def sweep_command(argv: list[str], console: Console | None = None) -> None:
     done = finished_trials(sweep_runs(reader, sweep)) if reader else set()
     todo = [t for t in trials if t.trial_id not in done]
     if not todo:
-        console.print(f"sweep {sweep.name}: all {len(trials)} trials are FINISHED; nothing to run")
+        console.print(f"sweep {sweep.name}: all {len(trials)} {'selected ' if args.only else ''}trials are FINISHED; "
+                      "nothing to run")
         return
-    console.print(f"sweep {sweep.name}: {len(todo)} of {len(trials)} trials to run"
+    console.print(f"sweep {sweep.name}: {len(todo)} of {len(trials)} {'selected ' if args.only else ''}trials to run"
                   + (f" ({len(done)} FINISHED earlier)" if done else "") + f"; directory {sweep.directory}")
     try:
         rows = _run(sweep, todo, configs, args, console)

@@ -28,6 +28,7 @@ Relative paths are relative to the working directory, as for ``acorm-pl fit --co
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
 import itertools
 import json
@@ -105,6 +106,18 @@ class Sweep:
         require(not duplicates, f"{self.source}: trials {duplicates} would share an id: make the variant labels "
                                 "or grid values distinct")
         return trials
+
+    def select(self, patterns: list[str] | None) -> list[Trial]:
+        """The trials whose ids match one of the shell-style ``patterns`` (all trials when None), in
+        :meth:`trials` order; a pattern that matches no trial is an error naming the trials there are."""
+        trials = self.trials()
+        if not patterns:
+            return trials
+        ids = [t.trial_id for t in trials]
+        for pattern in patterns:
+            require(any(fnmatch.fnmatchcase(i, pattern) for i in ids),
+                    f"--only {pattern!r} matches no trial of {self.source}; its trials: " + ", ".join(ids))
+        return [t for t in trials if any(fnmatch.fnmatchcase(t.trial_id, p) for p in patterns)]
 
     def _trial(self, variant: Variant, point: dict[str, Any], seed: int) -> Trial:
         templates = {k: v for k, v in point.items() if TEMPLATE.match(k)}
