@@ -105,6 +105,7 @@ class MLflowTracker(MLFlowLogger):
         super().__init__(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags,
                          artifact_location=artifact_location, run_id=run_id)
         self.run_started = run_id is not None  # whether a run exists to log to; reading it starts none
+        self._reopen = run_id is not None  # a continued run was left FAILED or KILLED by the attempt it continues
 
     @property
     def experiment(self) -> Any:
@@ -115,6 +116,10 @@ class MLflowTracker(MLFlowLogger):
         try:
             client = super().experiment
             self.run_started = True
+            if self._reopen:
+                self._reopen = False
+                if client.get_run(self.run_id).info.status != "RUNNING":
+                    client.update_run(self.run_id, status="RUNNING")
             return client
         finally:
             if before is None:

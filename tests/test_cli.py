@@ -79,6 +79,25 @@ def test_resume_continues_env_steps_buffer_and_run(workdir):
     assert max(win_steps) >= 800
 
 
+def test_a_continued_run_is_running_again_until_it_ends(workdir):
+    """An interrupted attempt leaves its run FAILED; the attempt that resumes it logs into the same run, which
+    must read RUNNING while it does (what `acorm-pl sweep --status` and the MLflow UI show)."""
+    from acorm_pl.tracking import MLflowTracker
+
+    first = MLflowTracker(experiment_name="resume", tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    first.log_metrics({"x": 1.0}, step=0)
+    client = _client(workdir)
+    client.set_terminated(first.run_id, "FAILED")
+    again = MLflowTracker(experiment_name="resume", tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}",
+                          run_id=first.run_id)
+    assert client.get_run(first.run_id).info.status == "FAILED"  # constructing it reads nothing yet
+    again.log_metrics({"x": 2.0}, step=1)
+    assert client.get_run(first.run_id).info.status == "RUNNING"
+    again.finalize("success")
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert [m.value for m in client.get_metric_history(first.run_id, "x")] == [1.0, 2.0]
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_progress_bar_switch_keeps_or_drops_the_env_step_bar(workdir, enabled):
     from acorm_pl.callbacks import EnvStepProgressBar

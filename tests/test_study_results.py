@@ -198,7 +198,7 @@ def test_roles_command_writes_numbers_and_the_report_shows_them(workdir, capsys,
     (workdir / "results" / "mappo").mkdir()
     main(["results", "report", "--results", "results", "--out", "docs/results.md", "--figures", "docs/study"])
     text = (workdir / "docs" / "results.md").read_text()
-    assert "### acorm_3m: ACORM on SMAX 3m" in text and "| ACORM (host) | e | 3 |" in text
+    assert "### acorm_3m: ACORM on SMAX 3m" in text and "| ACORM (host) | h | 3 |" in text
     assert "Attention (4 heads" in text and "](study/roles_acorm_3m/role_map.png)" in text
     assert (workdir / "docs" / "study" / "roles_acorm_3m" / "role_map.png").is_file()
 
@@ -232,16 +232,24 @@ def test_roles_over_seeds_are_means_with_bootstrap_intervals_and_paired_differen
     for seed, (p, h, ent, tv) in enumerate([(0.8, 0.5, [0.6, 1.0], 0.3), (0.6, 0.5, [0.8, 0.8], 0.5)]):
         (tmp_path / "roles" / f"acorm_mappo_3s5z_s{seed}.json").write_text(json.dumps(_roles_file(seed, p, h, ent, tv)))
     text = "\n".join(roles_section(tmp_path, tmp_path, tmp_path / "figures"))
-    assert "### Over 2 checkpoints: ACORMMAPPO on SMAX 3s5z" in text
+    assert "### acorm_mappo_3s5z, over 2 checkpoints: ACORMMAPPO on SMAX 3s5z" in text
     assert ("| ACORMMAPPO | e | 2 | 0.70 [0.60, 0.80] | 0.25 [0.25, 0.25] | 0.40 [0.40, 0.40] | 0.25 [0.25, 0.25] |"
             in text)
     assert "| ACORMMAPPO | z | 2 | 0.50 [0.50, 0.50] | 0.25 [0.25, 0.25] | - | - |" in text  # health not measured
-    assert "| MAPPO (host) | e | 2 | 0.50 [0.50, 0.50] |" in text
+    assert "| MAPPO (host) | h | 2 | 0.50 [0.50, 0.50] |" in text
     # paired by checkpoint: 0.8 - 0.5 and 0.6 - 0.5
     assert "unit type, ACORMMAPPO's e minus the host's hidden states, paired by checkpoint: 0.20 [0.10, 0.30]." in text
     # head-averaged entropies 0.8 and 0.8; most focused heads 0.6 and 0.8; distances 0.3 and 0.5
     assert ("normalised entropy averaged over heads 0.80 [0.80, 0.80], of the most focused head 0.70 [0.60, 0.80]; "
             "mean distance between heads 0.40 [0.30, 0.50]") in text
-    assert text.index("### Over 2 checkpoints") < text.index("### acorm_mappo_3s5z_s0")  # the summary first
+    assert text.index("over 2 checkpoints") < text.index("### acorm_mappo_3s5z_s0")  # the summary first
+    for seed in (0, 1):  # the same algorithm under another name (e.g. its contrastive-off variant): its own table
+        (tmp_path / "roles" / f"acorm_mappo_nocl_3s5z_s{seed}.json").write_text(
+            json.dumps(_roles_file(seed, 0.3, 0.5, [1.0, 1.0], 0.0)))
+    text = "\n".join(roles_section(tmp_path, tmp_path, tmp_path / "figures"))
+    assert "| ACORMMAPPO | e | 2 | 0.70 [0.60, 0.80] |" in text and "| ACORMMAPPO | e | 2 | 0.30 [0.30, 0.30] |" in text
+    assert "### acorm_mappo_nocl_3s5z, over 2 checkpoints" in text
+    for seed in (0, 1):
+        (tmp_path / "roles" / f"acorm_mappo_nocl_3s5z_s{seed}.json").unlink()
     (tmp_path / "roles" / "acorm_mappo_3s5z_s1.json").unlink()
-    assert "### Over" not in "\n".join(roles_section(tmp_path, tmp_path, tmp_path / "figures"))  # one: no summary
+    assert "over 2 checkpoints" not in "\n".join(roles_section(tmp_path, tmp_path, tmp_path / "figures"))  # one seed

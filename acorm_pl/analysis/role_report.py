@@ -1,10 +1,11 @@
 """The roles-and-attention part of ``docs/results.md``: one section per ``acorm-pl results roles`` file, and a
-table over seeds for every (algorithm, map) measured on more than one checkpoint."""
+table over seeds for every name measured on more than one checkpoint (files ``<name>_s<seed>.json``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from acorm_pl.analysis.role_stats import fmt_nmi
 from acorm_pl.analysis.stats import bootstrap_ci
 
 REFERENCES = ("unit_type", "health_band")
+SEED_SUFFIX = re.compile(r"_s\d+$")  # acorm_mappo_3s5z_s2 -> acorm_mappo_3s5z: one seed of that name
 INTRO = ("Greedy episodes on analysis seeds. At every step the alive agents are clustered by K-means (K of the "
          "checkpoint) on their agent embeddings e (the clusters that pick ACORM's negatives), on their role "
-         "representations z, and, for the host, on its agent GRU's hidden states; the NMI of those clusters "
+         "representations z, and, for the host, on its agent GRU's hidden states h; the NMI of those clusters "
          "with the agents' unit types and with their health bands (0-1/3, 1/3-2/3, 2/3-1 of max health) is "
          "averaged over the steps where the reference has two values or more; chance: the same clusters "
          "shuffled within each step. Attention: entropy of each head's weights over the alive agents divided "
@@ -25,15 +27,11 @@ INTRO = ("Greedy episodes on analysis seeds. At every step the alive agents are 
 
 
 def _blocks(data: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(policy name, clustered symbol, clustering result) of one roles file, the host's hidden states last."""
-    out = []
-    named = [(data["algorithm"], data["policy"])]
-    if "baseline" in data:
-        named.append((f"{data['baseline']['algorithm']} (host)", data["baseline"]))
-    for name, block in named:
-        for what, symbol in (("embeddings", "e"), ("roles", "z")):
-            if what in block:
-                out.append((name, symbol, block[what]))
+    """(policy name, what was clustered: e, z or the host's hidden states h, the result) of one roles file."""
+    out = [(data["algorithm"], symbol, data["policy"][what]) for what, symbol in (("embeddings", "e"), ("roles", "z"))
+           if what in data["policy"]]
+    if "baseline" in data and "embeddings" in data["baseline"]:  # the host's agent GRU hidden states
+        out.append((f"{data['baseline']['algorithm']} (host)", "h", data["baseline"]["embeddings"]))
     return out
 
 
@@ -51,12 +49,12 @@ def _value(block: dict[str, Any], reference: str, key: str) -> float:
     return float(measured[key]) if measured else float("nan")
 
 
-def summary_over_seeds(group: Sequence[dict[str, Any]]) -> list[str]:
-    """Markdown table of one (algorithm, map)'s roles files: each NMI and its chance level as mean [95% CI]
+def summary_over_seeds(name: str, group: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown table of the roles files ``<name>_s<seed>``: each NMI and its chance level as mean [95% CI]
     over the checkpoints, the paired difference between the policy's embeddings and the host's hidden states,
     and the attention numbers."""
     first = group[0]
-    lines = [f"### Over {len(group)} checkpoints: {first['algorithm']} on SMAX {first['map']}", "",
+    lines = [f"### {name}, over {len(group)} checkpoints: {first['algorithm']} on SMAX {first['map']}", "",
              "Mean over the checkpoints (one per seed) with its 95% bootstrap CI over them.", "",
              "| policy | clustered | checkpoints | NMI with unit type | chance | NMI with health band | chance |",
              "|---|---|---|---|---|---|---|"]
@@ -108,18 +106,18 @@ def _one_file(path: Path, data: dict[str, Any], doc_dir: Path, figures_dir: Path
 
 def roles_section(results: Path, doc_dir: Path, figures_dir: Path) -> list[str]:
     """Markdown for every ``<results>/roles/*.json`` written by ``acorm-pl results roles`` (its figures linked
-    from ``<figures_dir>/roles_<name>/``), each (algorithm, map) with two or more files summarised first."""
+    from ``<figures_dir>/roles_<name>/``); names with two or more seeds (``<name>_s<seed>``) summarised first."""
     files = sorted((results / "roles").glob("*.json")) if (results / "roles").is_dir() else []
     if not files:
         return []
     loaded = [(path, json.loads(path.read_text())) for path in files]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for _, data in loaded:
-        groups.setdefault((data["algorithm"], data["map"]), []).append(data)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for path, data in loaded:
+        groups.setdefault(SEED_SUFFIX.sub("", path.stem), []).append(data)
     lines = ["## Roles and attention (Figs. 4, 5, 11, 13)", "", INTRO, ""]
-    for group in groups.values():
+    for name, group in groups.items():
         if len(group) >= 2:
-            lines += summary_over_seeds(group)
+            lines += summary_over_seeds(name, group)
     for path, data in loaded:
         lines += _one_file(path, data, doc_dir, figures_dir)
     return lines
