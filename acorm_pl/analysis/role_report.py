@@ -60,11 +60,11 @@ def summary_over_seeds(name: str, group: Sequence[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for data in group:
-        for name, symbol, block in _blocks(data):
-            rows.setdefault((name, symbol), []).append(block)
-    for (name, symbol), blocks in rows.items():
+        for policy, symbol, block in _blocks(data):
+            rows.setdefault((policy, symbol), []).append(block)
+    for (policy, symbol), blocks in rows.items():
         cols = [_mean_ci([_value(b, ref, key) for b in blocks]) for ref in REFERENCES for key in ("nmi", "chance")]
-        lines.append(f"| {name} | {symbol} | {len(blocks)} | " + " | ".join(cols) + " |")
+        lines.append(f"| {policy} | {symbol} | {len(blocks)} | " + " | ".join(cols) + " |")
     paired = [d for d in group if "baseline" in d and "embeddings" in d["baseline"]]
     if len(paired) >= 2:
         lines.append("")
