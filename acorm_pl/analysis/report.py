@@ -22,7 +22,8 @@ FINAL_LAST = 5  # the final value of a run: the mean of its last five evaluation
 HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "mappo": "MAPPO"}
 ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host (Figs. 2-3)",
               "mappo": "MAPPO host (Fig. 9)"}
-VARIANT_ORDER = ("ACORM", "QMIX", "QMIX-128", "ACORM-noCL", "ACORM-noMHA", "MAPPO", "ACORM-MAPPO", "ACORM-MAPPO-noCL")
+VARIANT_ORDER = ("ACORM", "ACORM-Tcl12", "QMIX", "QMIX-128", "ACORM-noCL", "ACORM-noMHA", "MAPPO", "ACORM-MAPPO",
+                 "ACORM-MAPPO-noCL")
 
 # Final test win rate at 1e7 env steps (unless noted), as the study issue quotes them: JaxMARL and Mava on SMAX;
 # the ACORM authors' curves on SMAC (4 seeds, last-5 mean, ACORM / their QMIX).
