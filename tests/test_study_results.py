@@ -18,7 +18,13 @@ from tiny_runs import tiny_acorm_checkpoint
 from acorm_pl.analysis.inspect import EpisodeRecord
 from acorm_pl.analysis.report import cells, comparison, final_value, value_at
 from acorm_pl.analysis.role_report import roles_section
-from acorm_pl.analysis.role_stats import attention_numbers, cluster_agreement, group_nmi, health_bands
+from acorm_pl.analysis.role_stats import (
+    attention_numbers,
+    cluster_agreement,
+    group_nmi,
+    health_bands,
+    relative_spread,
+)
 from acorm_pl.analysis.stats import bootstrap_diff_ci
 from acorm_pl.analysis.study import COLUMNS, StudyRun, load_results
 from acorm_pl.cli import main
@@ -217,7 +223,8 @@ def _roles_file(seed: int, policy_type: float, host_type: float, entropies: list
     return {"checkpoint": f"ACORM-MAPPO-3s5z-s{seed}.ckpt", "algorithm": "ACORMMAPPO", "map": "3s5z",
             "env_steps": 1_000_000, "k": 3, "figures": [],
             "policy": {"episodes": 32, "win_rate": 1.0,
-                       "embeddings": {"k": 3, "unit_type": nmi(policy_type), "health_band": nmi(0.4)},
+                       "embeddings": {"k": 3, "unit_type": nmi(policy_type), "health_band": nmi(0.4),
+                                      "spread": policy_type / 2},
                        "roles": {"k": 3, "unit_type": nmi(0.5), "health_band": None},
                        "attention": {"heads": 2, "steps": 10, "normalised_entropy_per_head": entropies,
                                      "head_distance_tv": tv}},
@@ -233,9 +240,10 @@ def test_roles_over_seeds_are_means_with_bootstrap_intervals_and_paired_differen
         (tmp_path / "roles" / f"acorm_mappo_3s5z_s{seed}.json").write_text(json.dumps(_roles_file(seed, p, h, ent, tv)))
     text = "\n".join(roles_section(tmp_path, tmp_path, tmp_path / "figures"))
     assert "### acorm_mappo_3s5z, over 2 checkpoints: ACORMMAPPO on SMAX 3s5z" in text
-    assert ("| ACORMMAPPO | e | 2 | 0.70 [0.60, 0.80] | 0.25 [0.25, 0.25] | 0.40 [0.40, 0.40] | 0.25 [0.25, 0.25] |"
-            in text)
-    assert "| ACORMMAPPO | z | 2 | 0.50 [0.50, 0.50] | 0.25 [0.25, 0.25] | - | - |" in text  # health not measured
+    assert ("| ACORMMAPPO | e | 2 | 0.70 [0.60, 0.80] | 0.25 [0.25, 0.25] | 0.40 [0.40, 0.40] | 0.25 [0.25, 0.25] "
+            "| 0.35 [0.30, 0.40] |" in text)
+    assert "| ACORMMAPPO | z | 2 | 0.50 [0.50, 0.50] | 0.25 [0.25, 0.25] | - | - | - |" in text  # not measured
+    assert "| ACORMMAPPO | e | 3 | 0.80 (chance 0.25, 100 steps) | 0.40 (chance 0.25, 100 steps) | 0.400 |" in text
     assert "| MAPPO (host) | h | 2 | 0.50 [0.50, 0.50] |" in text
     # paired by checkpoint: 0.8 - 0.5 and 0.6 - 0.5
     assert "unit type, ACORMMAPPO's e minus the host's hidden states, paired by checkpoint: 0.20 [0.10, 0.30]." in text
@@ -253,3 +261,15 @@ def test_roles_over_seeds_are_means_with_bootstrap_intervals_and_paired_differen
         (tmp_path / "roles" / f"acorm_mappo_nocl_3s5z_s{seed}.json").unlink()
     (tmp_path / "roles" / "acorm_mappo_3s5z_s1.json").unlink()
     assert "over 2 checkpoints" not in "\n".join(roles_section(tmp_path, tmp_path, tmp_path / "figures"))  # one seed
+
+
+def test_relative_spread_by_hand():
+    """Step 0: (1, 0) and (-1, 0) around (0, 0): distance 1, norm 1 -> 1. Step 1: (3, 0) and (1, 0) around (2, 0):
+    distance 1, mean norm 2 -> 0.5; the dead agent at (100, 100) is left out. Step 2: one agent alive, skipped."""
+    points = torch.tensor([[[1.0, 0.0], [-1.0, 0.0], [5.0, 5.0]],
+                           [[3.0, 0.0], [1.0, 0.0], [100.0, 100.0]],
+                           [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
+    alive = torch.tensor([[True, True, False], [True, True, False], [True, False, False]])
+    assert relative_spread(points, alive) == pytest.approx(0.75)
+    assert relative_spread(torch.ones(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)) == 0.0  # all agents alike
+    assert np.isnan(relative_spread(points[2:], alive[2:]))  # no step with two agents alive

@@ -23,7 +23,9 @@ INTRO = ("Greedy episodes on analysis seeds. At every step the alive agents are 
          "with the agents' unit types and with their health bands (0-1/3, 1/3-2/3, 2/3-1 of max health) is "
          "averaged over the steps where the reference has two values or more; chance: the same clusters "
          "shuffled within each step. Attention: entropy of each head's weights over the alive agents divided "
-         "by log(alive) (1 = uniform), and the mean total-variation distance between two heads' weights.")
+         "by log(alive) (1 = uniform), and the mean total-variation distance between two heads' weights. Spread: "
+         "the mean distance of the alive agents' vectors to their mean at a step over their mean norm (0 = all "
+         "agents alike; measured from this sitting on, '-' in files written before).")
 
 
 def _blocks(data: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -56,14 +58,16 @@ def summary_over_seeds(name: str, group: Sequence[dict[str, Any]]) -> list[str]:
     first = group[0]
     lines = [f"### {name}, over {len(group)} checkpoints: {first['algorithm']} on SMAX {first['map']}", "",
              "Mean over the checkpoints (one per seed) with its 95% bootstrap CI over them.", "",
-             "| policy | clustered | checkpoints | NMI with unit type | chance | NMI with health band | chance |",
-             "|---|---|---|---|---|---|---|"]
+             "| policy | clustered | checkpoints | NMI with unit type | chance | NMI with health band | chance "
+             "| spread |",
+             "|---|---|---|---|---|---|---|---|"]
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for data in group:
         for policy, symbol, block in _blocks(data):
             rows.setdefault((policy, symbol), []).append(block)
     for (policy, symbol), blocks in rows.items():
         cols = [_mean_ci([_value(b, ref, key) for b in blocks]) for ref in REFERENCES for key in ("nmi", "chance")]
+        cols.append(_mean_ci([float(b.get("spread", float("nan"))) for b in blocks]))
         lines.append(f"| {policy} | {symbol} | {len(blocks)} | " + " | ".join(cols) + " |")
     paired = [d for d in group if "baseline" in d and "embeddings" in d["baseline"]]
     if len(paired) >= 2:
@@ -75,10 +79,10 @@ def summary_over_seeds(name: str, group: Sequence[dict[str, Any]]) -> list[str]:
                          f"states, paired by checkpoint: {_mean_ci(diff)}.")
     attention = [d["policy"]["attention"] for d in group if d["policy"].get("attention")]
     if attention:
-        spread = [float(np.mean(a["normalised_entropy_per_head"])) for a in attention]
+        mean_entropy = [float(np.mean(a["normalised_entropy_per_head"])) for a in attention]
         lowest = [float(np.min(a["normalised_entropy_per_head"])) for a in attention]
         lines += ["", f"Attention over {len(attention)} checkpoints: normalised entropy averaged over heads "
-                      f"{_mean_ci(spread)}, of the most focused head {_mean_ci(lowest)}; mean distance between "
+                      f"{_mean_ci(mean_entropy)}, of the most focused head {_mean_ci(lowest)}; mean distance between "
                       f"heads {_mean_ci([a['head_distance_tv'] for a in attention])} (total variation)."]
     return lines + [""]
 
@@ -86,10 +90,12 @@ def summary_over_seeds(name: str, group: Sequence[dict[str, Any]]) -> list[str]:
 def _one_file(path: Path, data: dict[str, Any], doc_dir: Path, figures_dir: Path) -> list[str]:
     lines = [f"### {path.stem}: {data['algorithm']} on SMAX {data['map']} after {data['env_steps']:,} env steps "
              f"(test win rate over these episodes {data['policy']['win_rate']:.2f})", "",
-             "| policy | clustered | K | NMI with unit type | NMI with health band |", "|---|---|---|---|---|"]
+             "| policy | clustered | K | NMI with unit type | NMI with health band | spread |",
+             "|---|---|---|---|---|---|"]
     for name, symbol, block in _blocks(data):
+        spread = "-" if block.get("spread") is None else f"{block['spread']:.3f}"
         lines.append(f"| {name} | {symbol} | {block['k']} | {fmt_nmi(block.get('unit_type'))} | "
-                     f"{fmt_nmi(block.get('health_band'))} |")
+                     f"{fmt_nmi(block.get('health_band'))} | {spread} |")
     attention = data["policy"].get("attention")
     if attention:
         ent = ", ".join(f"{v:.2f}" for v in attention["normalised_entropy_per_head"])

@@ -58,12 +58,30 @@ def cluster(points: torch.Tensor, alive: torch.Tensor, k: int, seed: int = 0) ->
     return KMeans()(points.float(), alive, k, seed)
 
 
+def relative_spread(points: torch.Tensor, alive: torch.Tensor) -> float:
+    """How far apart the alive agents' vectors are at a step, relative to their size: the mean distance of
+    each alive agent's vector to the step's mean over alive agents divided by their mean norm, averaged over
+    the steps with two or more alive agents (0: every agent has the same vector). ``points`` [G, N, D],
+    ``alive`` [G, N]."""
+    keep = alive.sum(-1) >= 2
+    x, a = points[keep].double(), alive[keep].unsqueeze(-1).double()  # [G', N, D], [G', N, 1]
+    if x.shape[0] == 0:
+        return float("nan")
+    n = a.sum(1)  # [G', 1]
+    centre = (x * a).sum(1) / n  # [G', D]
+    distance = ((x - centre.unsqueeze(1)).norm(dim=-1, keepdim=True) * a).sum(1) / n  # [G', 1]
+    size = (x.norm(dim=-1, keepdim=True) * a).sum(1) / n
+    return float((distance / size.clamp_min(1e-12)).mean())
+
+
 def cluster_agreement(records: Sequence[EpisodeRecord], k: int, what: str = "embeddings") -> dict[str, Any]:
     """NMI of the K-means clusters of ``what`` (``embeddings`` e or ``roles`` z) at every step against the
-    agents' unit types and their health bands (alive agents only)."""
+    agents' unit types and their health bands (alive agents only), and the vectors' :func:`relative_spread`."""
     alive = _stack(records, "alive")
-    labels = cluster(_stack(records, what), alive, k)
-    out: dict[str, Any] = {"clustered": what, "k": k, "steps": int(alive.shape[0])}
+    points = _stack(records, what)
+    labels = cluster(points, alive, k)
+    out: dict[str, Any] = {"clustered": what, "k": k, "steps": int(alive.shape[0]),
+                           "spread": relative_spread(points, alive)}
     if records[0].unit_types is not None:
         names = sorted(set(records[0].unit_types))
         types = torch.tensor([[names.index(u) for u in r.unit_types] for r in records for _ in range(r.length)])
