@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from tiny_runs import tiny_acorm_checkpoint
 
 from acorm_pl.analysis.inspect import EpisodeRecord
-from acorm_pl.analysis.report import cells, comparison, final_value, value_at
+from acorm_pl.analysis.report import cells, comparison, final_value, render, value_at
 from acorm_pl.analysis.role_report import roles_section
 from acorm_pl.analysis.role_stats import (
     attention_numbers,
@@ -273,3 +273,18 @@ def test_relative_spread_by_hand():
     assert relative_spread(points, alive) == pytest.approx(0.75)
     assert relative_spread(torch.ones(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)) == 0.0  # all agents alike
     assert np.isnan(relative_spread(points[2:], alive[2:]))  # no step with two agents alive
+
+
+def test_the_full_methods_variants_are_compared_with_it_as_well_as_with_the_host(tmp_path):
+    steps = np.arange(0, 110_000, 10_000)
+
+    def run(variant: str, seed: int, final: float) -> StudyRun:
+        return StudyRun("mappo", "3s5z", variant, seed, steps, np.full(len(steps), final), np.zeros(len(steps)), {})
+
+    finals = {"MAPPO": (0.5, 0.55, 0.6), "ACORM-MAPPO": (0.9, 0.92, 0.94), "ACORM-MAPPO-noCL": (0.6, 0.62, 0.64)}
+    runs = [run(v, seed, f) for v, fs in finals.items() for seed, f in enumerate(fs)]
+    text = render(cells(runs, n_resamples=500), {}, tmp_path)
+    against_full = text.split("Against the full method (ACORM-MAPPO): which part accounts for it")[1]
+    line = next(ln for ln in against_full.splitlines() if ln.startswith("- "))
+    assert "ACORM-MAPPO-noCL ends lower than ACORM-MAPPO" in line and "difference -0.30" in line
+    assert "- 3s5z: ACORM-MAPPO-noCL ends higher than MAPPO" in text  # and still against the host

@@ -20,6 +20,7 @@ MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 MIN_SEEDS = 3  # a comparison with a verdict needs this many seeds on each side
 FINAL_LAST = 5  # the final value of a run: the mean of its last five evaluations (the authors' "last-5 mean")
 HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "mappo": "MAPPO"}
+FULL_METHOD = {"qmix_pilot": "ACORM", "qmix": "ACORM", "mappo": "ACORM-MAPPO"}  # its variants: "<full method>-..."
 ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host (Figs. 2-3)",
               "mappo": "MAPPO host (Fig. 9)"}
 VARIANT_ORDER = ("ACORM", "ACORM-Tcl12", "QMIX", "QMIX-128", "ACORM-noCL", "ACORM-noMHA", "MAPPO", "ACORM-MAPPO",
@@ -211,6 +212,11 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
             if host is not None and len(members) > 1:
                 lines += ["", "Against the host:", ""]
                 lines += [f"- {comparison(c, host, confidence)}" for c in members if c is not host]
+            full = next((c for c in members if c.variant == FULL_METHOD[arm]), None)
+            variants = [c for c in members if c.variant.startswith(f"{FULL_METHOD[arm]}-")]
+            if full is not None and variants:
+                lines += ["", f"Against the full method ({full.variant}): which part accounts for it", ""]
+                lines += [f"- {comparison(c, full, confidence)}" for c in variants]
             if map_name in PUBLISHED:
                 lines += ["", "Published final test win rates on this map (1e7 env steps unless noted; the ACORM "
                           "paper's are on SMAC, not SMAX): "
