@@ -288,3 +288,14 @@ def test_the_full_methods_variants_are_compared_with_it_as_well_as_with_the_host
     line = next(ln for ln in against_full.splitlines() if ln.startswith("- "))
     assert "ACORM-MAPPO-noCL ends lower than ACORM-MAPPO" in line and "difference -0.30" in line
     assert "- 3s5z: ACORM-MAPPO-noCL ends higher than MAPPO" in text  # and still against the host
+
+
+def test_acorm_is_compared_with_matched_capacity_qmix(tmp_path):
+    steps = np.arange(0, 110_000, 10_000)
+    finals = {"ACORM": (0.40, 0.45, 0.50), "QMIX": (0.20, 0.25, 0.30), "QMIX-128": (0.42, 0.45, 0.48)}
+    runs = [StudyRun("qmix", "2s3z", v, seed, steps, np.full(len(steps), f), np.zeros(len(steps)), {})
+            for v, fs in finals.items() for seed, f in enumerate(fs)]
+    text = render(cells(runs, n_resamples=500), {}, tmp_path)
+    matched = text.split("Against the host at matched capacity (QMIX-128):")[1]
+    assert matched.strip().splitlines()[0].startswith("- 2s3z: no difference shown between ACORM and QMIX-128 "
+                                                      "(final 0.45 vs 0.45, difference +0.00")

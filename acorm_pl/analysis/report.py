@@ -21,6 +21,7 @@ MIN_SEEDS = 3  # a comparison with a verdict needs this many seeds on each side
 FINAL_LAST = 5  # the final value of a run: the mean of its last five evaluations (the authors' "last-5 mean")
 HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "mappo": "MAPPO"}
 FULL_METHOD = {"qmix_pilot": "ACORM", "qmix": "ACORM", "mappo": "ACORM-MAPPO"}  # its variants: "<full method>-..."
+MATCHED = {"qmix": "QMIX-128"}  # the host with the full method's agent embedding size
 ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host (Figs. 2-3)",
               "mappo": "MAPPO host (Fig. 9)"}
 VARIANT_ORDER = ("ACORM", "ACORM-Tcl12", "QMIX", "QMIX-128", "ACORM-noCL", "ACORM-noMHA", "MAPPO", "ACORM-MAPPO",
@@ -213,6 +214,10 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
                 lines += ["", "Against the host:", ""]
                 lines += [f"- {comparison(c, host, confidence)}" for c in members if c is not host]
             full = next((c for c in members if c.variant == FULL_METHOD[arm]), None)
+            matched = next((c for c in members if c.variant == MATCHED.get(arm)), None)
+            if full is not None and matched is not None:
+                lines += ["", f"Against the host at matched capacity ({matched.variant}):", "",
+                          f"- {comparison(full, matched, confidence)}"]
             variants = [c for c in members if c.variant.startswith(f"{FULL_METHOD[arm]}-")]
             if full is not None and variants:
                 lines += ["", f"Against the full method ({full.variant}): which part accounts for it", ""]
