@@ -220,7 +220,7 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
                           f"- {comparison(full, matched, confidence)}"]
             variants = [c for c in members if c.variant.startswith(f"{FULL_METHOD[arm]}-")]
             if full is not None and variants:
-                lines += ["", f"Against the full method ({full.variant}): which part accounts for it", ""]
+                lines += ["", f"Against the full method ({full.variant}), its ablations and variants:", ""]
                 lines += [f"- {comparison(c, full, confidence)}" for c in variants]
             if map_name in PUBLISHED:
                 lines += ["", "Published final test win rates on this map (1e7 env steps unless noted; the ACORM "
