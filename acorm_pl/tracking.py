@@ -116,7 +116,7 @@ class MLflowTracker(MLFlowLogger):
         try:
             client = super().experiment
             self.run_started = True
-            if self._reopen:
+            if self._reopen and rank_zero_only.rank == 0:  # other DDP ranks get Lightning's dummy client
                 self._reopen = False
                 if client.get_run(self.run_id).info.status != "RUNNING":
                     client.update_run(self.run_id, status="RUNNING")

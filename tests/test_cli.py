@@ -79,7 +79,7 @@ def test_resume_continues_env_steps_buffer_and_run(workdir):
     assert max(win_steps) >= 800
 
 
-def test_a_continued_run_is_running_again_until_it_ends(workdir):
+def test_a_continued_run_is_running_again_until_it_ends(workdir, monkeypatch):
     """An interrupted attempt leaves its run FAILED; the attempt that resumes it logs into the same run, which
     must read RUNNING while it does (what `acorm-pl sweep --status` and the MLflow UI show)."""
     from acorm_pl.tracking import MLflowTracker
@@ -96,6 +96,15 @@ def test_a_continued_run_is_running_again_until_it_ends(workdir):
     again.finalize("success")
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert [m.value for m in client.get_metric_history(first.run_id, "x")] == [1.0, 2.0]
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    client.set_terminated(first.run_id, "FAILED")
+    other_rank = MLflowTracker(experiment_name="resume", tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}",
+                               run_id=first.run_id)
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # a DDP rank other than 0: Lightning hands it a dummy client
+    other_rank.experiment  # noqa: B018  (reading it must not fail, nor reopen the run)
+    assert client.get_run(first.run_id).info.status == "FAILED"
 
 
 @pytest.mark.parametrize("enabled", [True, False])
