@@ -30,7 +30,7 @@ COLUMNS = ("map", "variant", "seed", "env_step", "test_win_rate", "test_return_m
            "wall_time_s")
 METRICS = {"test_win_rate": "test/win_rate", "test_return_mean": "test/return_mean",
            "test_ep_length_mean": "test/ep_length_mean"}
-ARMS = ("qmix_pilot", "qmix", "mappo")  # the QMIX-host pilot picks the maps of the QMIX-host arm
+ARMS = ("qmix_pilot", "qmix", "mappo_pilot", "mappo")  # each pilot picks the maps of the arm after it
 
 
 @dataclass
