@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -66,6 +67,7 @@ def test_resume_continues_env_steps_buffer_and_run(workdir):
     dm_state = first["RolloutDataModule"]
     assert dm_state["env_steps"] >= 400 and dm_state["buffer"]["size"] == dm_state["episodes"]
     assert first["state_dict"]["n_updates"] > 0 and first["optimizer_states"]
+    between_ms = time.time() * 1000
     main(["fit", *TINY, "--data.total_env_steps", "800", "--ckpt_path", str(ckpt)])
     runs = _runs(workdir)
     assert len(runs) == 1, "the resumed fit must continue the same MLflow run"
@@ -77,6 +79,40 @@ def test_resume_continues_env_steps_buffer_and_run(workdir):
     assert second["state_dict"]["n_updates"] > first["state_dict"]["n_updates"]
     win_steps = [m.step for m in _client(workdir).get_metric_history(runs[0].info.run_id, "test/win_rate")]
     assert max(win_steps) >= 800
+    # The run clock continues from the checkpoint: every evaluation has it, it rises within each attempt, and
+    # the resumed attempt's starts from the checkpoint's value, not from 0.
+    history = _client(workdir).get_metric_history(runs[0].info.run_id, "time/run_s")
+    assert sorted(m.step for m in history) == sorted(win_steps)
+    (eval_state,) = [v for k, v in first["callbacks"].items() if k.startswith("Evaluation")]
+    first_attempt = [m for m in history if m.timestamp < between_ms]
+    second_attempt = [m for m in history if m.timestamp >= between_ms]
+    for attempt in (first_attempt, second_attempt):
+        values = [m.value for m in sorted(attempt, key=lambda m: (m.step, m.timestamp))]
+        assert values and all(a <= b for a, b in zip(values, values[1:]))
+    assert min(m.value for m in second_attempt) >= eval_state["run_s"] > 0
+
+
+def test_the_run_clock_counts_training_time_and_not_the_pause_between_attempts(monkeypatch):
+    import acorm_pl.callbacks.evaluation as evaluation
+
+    now = [100.0]
+    monkeypatch.setattr(evaluation.time, "perf_counter", lambda: now[0])
+    first = evaluation.Evaluation()
+    first.setup(None, None, "fit")
+    now[0] = 130.0
+    state = first.state_dict()  # a checkpoint after 30 s of training
+    assert state["run_s"] == 30.0
+    now[0] = 5_000.0  # the attempt died; the next one starts much later
+    second = evaluation.Evaluation()
+    second.setup(None, None, "fit")
+    second.load_state_dict(state)
+    now[0] = 5_010.0
+    assert second.run_seconds() == 40.0
+    legacy = {k: v for k, v in state.items() if k != "run_s"}  # a checkpoint from before the clock
+    third = evaluation.Evaluation()
+    third.setup(None, None, "fit")
+    third.load_state_dict(legacy)
+    assert third.run_seconds() == 0.0
 
 
 def test_a_continued_run_is_running_again_until_it_ends(workdir, monkeypatch):

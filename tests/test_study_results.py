@@ -93,6 +93,51 @@ def test_export_writes_one_csv_config_and_facts_per_finished_run(exported):
     assert config["data"]["map_name"] == "3s5z"
 
 
+def _resumed_run(client: MlflowClient, exp: str, variant: str, clock: bool) -> None:
+    """A FINISHED trial evaluated every 10 s, interrupted after its 4th evaluation, paused 2000 s and resumed
+    (with the run clock when ``clock``: 40 s trained at the checkpoint; the resume redoes 5 s of lost work)."""
+    run = client.create_run(exp, start_time=1_000_000, tags={
+        "acorm_pl.sweep": "study", "acorm_pl.trial": f"{variant}-8m-s0", "acorm_pl.variant": variant,
+        "acorm_pl.seed": "0", "acorm_pl.map": "8m"})
+    rid = run.info.run_id
+    seconds = [10, 20, 30, 40, 2055, 2065, 2075]  # since the start; the pause between 40 and 2055
+    for i, t in enumerate(seconds):
+        client.log_metric(rid, "test/win_rate", 0.1 * i, timestamp=1_000_000 + 1000 * t, step=10_000 * i)
+        if clock:
+            client.log_metric(rid, "time/run_s", [10, 20, 30, 40, 55, 65, 75][i], step=10_000 * i)
+    client.log_text(rid, yaml.safe_dump({"data": {"total_env_steps": 60_000}}), "config.yaml")
+    client.set_terminated(rid, "FINISHED", end_time=1_000_000 + 2_080_000)
+
+
+def test_export_leaves_the_pause_of_a_resumed_run_out_of_its_wall_time(workdir, capsys):
+    (workdir / "sweep").mkdir()
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'sweep' / 'mlruns.db'}")
+    exp = client.create_experiment("study", artifact_location=(workdir / "sweep" / "mlartifacts").as_uri())
+    _resumed_run(client, exp, "QMIX", clock=False)
+    _resumed_run(client, exp, "ACORM", clock=True)
+    main(["results", "export", "sweep", "--arm", "qmix", "--results", "results"])
+    capsys.readouterr()
+
+    def read(variant):
+        with (workdir / "results" / "qmix" / "8m" / f"{variant}_s0.csv").open() as f:
+            rows = [float(r["wall_time_s"]) for r in csv.DictReader(f)]
+        return rows, json.loads((workdir / "results" / "qmix" / "8m" / f"{variant}_s0.json").read_text())
+
+    # Before the clock: the 2015 s between two evaluations (over max(300 s, 10 x the median 10 s)) is a pause
+    # and counts as one median interval.
+    rows, facts = read("QMIX")
+    assert rows == [10, 20, 30, 40, 50, 60, 70]
+    assert facts["paused_s"] == 2005.0 and facts["wall_time_s"] == 2080.0 - 2005.0
+    assert facts["env_steps_per_s"] == pytest.approx(60_000 / 75.0, abs=0.1)
+    # With the clock: its values, and the run's span less the clock's last value is the pause.
+    rows, facts = read("ACORM")
+    assert rows == [10, 20, 30, 40, 55, 65, 75]
+    assert facts["paused_s"] == 2080.0 - 75.0 and facts["wall_time_s"] == 75.0
+    text = render(cells(load_results(workdir / "results")), {}, workdir)
+    assert ("| ACORM | 0 | 60k | 7 x ? episodes | 1 min (resumed; 33 min paused, not counted) | 800 | "
+            "? TD update(s) of ? episodes per ? collected | ? |") in text
+
+
 def test_report_statistics_by_hand(exported):
     root, finals = exported
     runs = load_results(root)

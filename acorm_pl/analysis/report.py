@@ -165,14 +165,19 @@ def _run_rows(members: Sequence[Cell]) -> list[str]:
             budget = int(f.get("total_env_steps") or r.env_steps[-1])
             rate = f.get("env_steps_per_s")
             wall = f.get("wall_time_s")
+            known = {k: "?" if f.get(k) is None else f[k]
+                     for k in ("batch_size", "updates_per_collect", "n_envs", "n_eval_episodes")}
             if f.get("ppo_epochs"):  # on-policy: fresh episodes, used for a few epochs
-                ratio = f"{f.get('batch_size', '?')} fresh episodes per PPO update, {f['ppo_epochs']} epochs"
+                ratio = f"{known['batch_size']} fresh episodes per PPO update, {f['ppo_epochs']} epochs"
             else:
-                ratio = (f"{f.get('updates_per_collect', '?')} TD update(s) of {f.get('batch_size', '?')} episodes "
-                         f"per {f.get('n_envs', '?')} collected")
+                ratio = (f"{known['updates_per_collect']} TD update(s) of {known['batch_size']} episodes "
+                         f"per {known['n_envs']} collected")
+            paused = f.get("paused_s") or 0.0
+            wall_text = "?" if wall is None else f"{wall / 60:.0f} min"
+            if paused >= 60:  # a resumed run: the time between its attempts is not wall time
+                wall_text += f" (resumed; {paused / 60:.0f} min paused, not counted)"
             rows.append(f"| {c.variant} | {r.seed} | {_steps(budget)} | {len(r.env_steps)} x "
-                        f"{f.get('n_eval_episodes', '?')} episodes | "
-                        f"{'?' if wall is None else f'{wall / 60:.0f} min'} | "
+                        f"{known['n_eval_episodes']} episodes | {wall_text} | "
                         f"{'?' if rate is None else f'{rate:,.0f}'} | {ratio} | {str(f.get('commit') or '?')[:8]} |")
     return rows
 

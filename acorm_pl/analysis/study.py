@@ -31,6 +31,8 @@ COLUMNS = ("map", "variant", "seed", "env_step", "test_win_rate", "test_return_m
 METRICS = {"test_win_rate": "test/win_rate", "test_return_mean": "test/return_mean",
            "test_ep_length_mean": "test/ep_length_mean"}
 ARMS = ("qmix_pilot", "qmix", "mappo_pilot", "mappo")  # each pilot picks the maps of the arm after it
+CLOCK = "time/run_s"  # seconds trained, summed over a run's attempts (callbacks.Evaluation)
+PAUSE_MIN_S, PAUSE_FACTOR = 300.0, 10.0  # runs from before the clock: what counts as a pause between attempts
 
 
 @dataclass
@@ -61,13 +63,35 @@ def _history(client: MlflowClient, run_id: str, metric: str) -> dict[int, tuple[
     return points
 
 
-def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: int) -> dict[str, Any]:
+def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None]) -> tuple[list[float], float]:
+    """(seconds trained at each evaluation, seconds the run was paused) for a run whose evaluations were logged
+    at ``eval_ms`` (ms since the epoch) with the run clock ``clock`` (``time/run_s``, None where missing).
+
+    A run that logged its clock at every evaluation is read from it. One from before the clock is read from
+    the evaluations' timestamps, and any interval between two evaluations longer than
+    max(PAUSE_MIN_S, PAUSE_FACTOR x the median interval) is taken as a pause between attempts: it counts as one
+    median interval.
+    """
+    start = run.info.start_time or (eval_ms[0] if eval_ms else 0)
+    total = max(0.0, ((run.info.end_time or start) - start) / 1000)
+    if clock and all(c is not None for c in clock):
+        return [float(c) for c in clock], max(0.0, total - float(clock[-1]))
+    times = [(t - start) / 1000 for t in eval_ms]
+    gaps = np.diff(np.asarray([0.0, *times]))
+    typical = float(np.median(gaps)) if len(gaps) else 0.0
+    paused = np.where(gaps > max(PAUSE_MIN_S, PAUSE_FACTOR * typical), gaps - typical, 0.0)
+    return [round(float(t), 1) for t in np.cumsum(gaps - paused)], float(paused.sum())
+
+
+def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: int, paused_s: float = 0.0
+              ) -> dict[str, Any]:
     """What a reader needs to judge a run: budget, update ratio, evaluation protocol, wall time, and speed
-    (``env_steps`` collected over the whole wall time, evaluations and startup included)."""
+    (``env_steps`` collected over the wall time, evaluations and startup included; ``paused_s``, the time
+    between attempts of a resumed run, is not part of it)."""
     data, model = config.get("data") or {}, (config.get("model") or {})
     evaluation = config.get("evaluation") or {}
     tags = run.data.tags
-    wall = ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000
+    wall = max(0.0, ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000 - paused_s)
     return {
         "arm_host": model.get("class_path", "").rsplit(".", 1)[-1],
         "sweep": tags.get(f"{TAG}sweep"), "trial": tags.get(f"{TAG}trial"), "mlflow_run_id": run.info.run_id,
@@ -77,7 +101,7 @@ def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: i
         "ppo_epochs": (model.get("init_args") or {}).get("ppo_epochs"),
         "eval_interval": evaluation.get("eval_interval"), "n_eval_episodes": evaluation.get("n_eval_episodes"),
         "env_steps": env_steps, "wall_time_s": round(wall, 1),
-        "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None,
+        "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None, "paused_s": round(paused_s, 1),
     }
 
 
@@ -110,19 +134,20 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
         histories = {col: _history(client, run.info.run_id, name) for col, name in METRICS.items()}
         steps = sorted(histories["test_win_rate"])
         require(bool(steps), f"trial {trial} finished without a test/win_rate")
-        start = run.info.start_time or 0
+        clock = _history(client, run.info.run_id, CLOCK)
+        seconds, paused_s = active_seconds(run, [histories["test_win_rate"][s][1] for s in steps],
+                                           [clock[s][0] if s in clock else None for s in steps])
         target = Path(out) / arm / map_name
         target.mkdir(parents=True, exist_ok=True)
         stem = target / run_stem(variant, seed)
         with stem.with_suffix(".csv").open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(COLUMNS)
-            for s in steps:
+            for s, elapsed in zip(steps, seconds):
                 values = [histories[c].get(s, (float("nan"), 0))[0] for c in METRICS]
-                w.writerow([map_name, variant, seed, s, *(f"{v:.6g}" for v in values),
-                            round((histories["test_win_rate"][s][1] - start) / 1000, 1)])
+                w.writerow([map_name, variant, seed, s, *(f"{v:.6g}" for v in values), round(elapsed, 1)])
         stem.with_suffix(".yaml").write_text(config_text)
-        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit, steps[-1])
+        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit, steps[-1], paused_s)
         stem.with_suffix(".json").write_text(json.dumps(facts, indent=1) + "\n")
         written += [stem.with_suffix(s) for s in (".csv", ".yaml", ".json")]
     return written, skipped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,10 +19,13 @@ from acorm_pl.errors import require
 
 class Evaluation(pl.Callback):
     """Runs ``n_eval_episodes`` greedy episodes (split over ranks) at the start, every ``eval_interval`` env
-    steps and at the end; logs test/win_rate, test/return_mean and test/ep_length_mean against env steps.
+    steps and at the end; logs test/win_rate, test/return_mean and test/ep_length_mean against env steps, and
+    time/run_s: the seconds this run has trained so far, summed over its attempts.
 
     Evaluation number ``j`` re-seeds its environments from ``j`` alone (:mod:`acorm_pl.envs.seeds`), so it
     plays the same episodes whatever ran before it: a resumed run evaluates what an uninterrupted one does.
+    Likewise time/run_s continues from the checkpoint's value: neither the pause between attempts nor the work
+    lost after the last checkpoint is counted, so it reads what an uninterrupted run would take.
 
     Args:
         eval_interval: env steps between evaluations.
@@ -51,8 +55,17 @@ class Evaluation(pl.Callback):
         self.n_evaluations = 0  # evaluations run so far: the next one's seed index
         self.last_eval_step = -1
         self.latest: dict[str, float] = {}
+        self._run_s_before = 0.0  # seconds trained by earlier attempts, up to the checkpoint resumed from
+        self._attempt_start = time.perf_counter()
         self._env: VecEnv | None = None
         self._metrics: dict[str, MeanMetric] = {}
+
+    def run_seconds(self) -> float:
+        """Seconds this run has trained (from the setup of each attempt), summed over its attempts."""
+        return self._run_s_before + time.perf_counter() - self._attempt_start
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._attempt_start = time.perf_counter()  # a checkpoint, restored after setup, adds earlier attempts
 
     def _episodes_per_rank(self, trainer: pl.Trainer, n_episodes: int | None = None) -> int:
         return math.ceil((n_episodes or self.n_eval_episodes) / trainer.world_size)
@@ -91,7 +104,7 @@ class Evaluation(pl.Callback):
             m.reset()
         step = trainer.datamodule.env_steps
         for logger in trainer.loggers:
-            logger.log_metrics(results, step=step)
+            logger.log_metrics({**results, "time/run_s": self.run_seconds()}, step=step)
         for k, v in results.items():
             trainer.callback_metrics[k] = torch.tensor(v)
         self.latest = results
@@ -124,7 +137,7 @@ class Evaluation(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"next_eval": self.next_eval, "last_eval_step": self.last_eval_step, "latest": self.latest,
-                "n_evaluations": self.n_evaluations}
+                "n_evaluations": self.n_evaluations, "run_s": self.run_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_eval = state_dict["next_eval"]
@@ -132,3 +145,5 @@ class Evaluation(pl.Callback):
         self.latest = state_dict.get("latest", {})
         # Checkpoints from before evaluations were indexed: one evaluation per interval before the next one due.
         self.n_evaluations = state_dict.get("n_evaluations", self.next_eval // self.eval_interval)
+        # Checkpoints from before the clock: the earlier attempts' time is unknown (the export then falls back).
+        self._run_s_before = float(state_dict.get("run_s", 0.0))
