@@ -127,15 +127,15 @@ def test_export_leaves_the_pause_of_a_resumed_run_out_of_its_wall_time(workdir, 
     # and counts as one median interval.
     rows, facts = read("QMIX")
     assert rows == [10, 20, 30, 40, 50, 60, 70]
-    assert facts["paused_s"] == 2005.0 and facts["wall_time_s"] == 2080.0 - 2005.0
+    assert facts["not_counted_s"] == 2005.0 and facts["wall_time_s"] == 2080.0 - 2005.0
     assert facts["env_steps_per_s"] == pytest.approx(60_000 / 75.0, abs=0.1)
     # With the clock: its values, and the run's span less the clock's last value is the pause.
     rows, facts = read("ACORM")
     assert rows == [10, 20, 30, 40, 55, 65, 75]
-    assert facts["paused_s"] == 2080.0 - 75.0 and facts["wall_time_s"] == 75.0
+    assert facts["not_counted_s"] == 2080.0 - 75.0 and facts["wall_time_s"] == 75.0
     text = render(cells(load_results(workdir / "results")), {}, workdir)
-    assert ("| ACORM | 0 | 60k | 7 x ? episodes | 1 min (resumed; 33 min paused, not counted) | 800 | "
-            "? TD update(s) of ? episodes per ? collected | ? |") in text
+    assert ("| ACORM | 0 | 60k | 7 x ? episodes | 1 min (resumed; 33 min between attempts not counted) | "
+            "800 | ? TD update(s) of ? episodes per ? collected | ? |") in text
 
 
 def test_report_statistics_by_hand(exported):

@@ -64,10 +64,13 @@ def _history(client: MlflowClient, run_id: str, metric: str) -> dict[int, tuple[
 
 
 def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None]) -> tuple[list[float], float]:
-    """(seconds trained at each evaluation, seconds the run was paused) for a run whose evaluations were logged
-    at ``eval_ms`` (ms since the epoch) with the run clock ``clock`` (``time/run_s``, None where missing).
+    """(seconds trained at each evaluation, seconds of the MLflow run's span not counted) for a run whose
+    evaluations were logged at ``eval_ms`` (ms since the epoch) with the run clock ``clock`` (``time/run_s``,
+    None where missing).
 
-    A run that logged its clock at every evaluation is read from it. One from before the clock is read from
+    A run that logged its clock at every evaluation is read from it; what it leaves out of the run's span is
+    the pauses between attempts, the start-up before training (imports, environments) and the shut-down.
+    One from before the clock is read from
     the evaluations' timestamps, and any interval between two evaluations longer than
     max(PAUSE_MIN_S, PAUSE_FACTOR x the median interval) is taken as a pause between attempts: it counts as one
     median interval.
@@ -83,15 +86,15 @@ def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None]) -> t
     return [round(float(t), 1) for t in np.cumsum(gaps - paused)], float(paused.sum())
 
 
-def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: int, paused_s: float = 0.0
+def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: int, not_counted_s: float = 0.0
               ) -> dict[str, Any]:
     """What a reader needs to judge a run: budget, update ratio, evaluation protocol, wall time, and speed
-    (``env_steps`` collected over the wall time, evaluations and startup included; ``paused_s``, the time
-    between attempts of a resumed run, is not part of it)."""
+    (``env_steps`` collected over the wall time, evaluations included; the wall time is the MLflow run's span
+    less ``not_counted_s``, see :func:`active_seconds`)."""
     data, model = config.get("data") or {}, (config.get("model") or {})
     evaluation = config.get("evaluation") or {}
     tags = run.data.tags
-    wall = max(0.0, ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000 - paused_s)
+    wall = max(0.0, ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000 - not_counted_s)
     return {
         "arm_host": model.get("class_path", "").rsplit(".", 1)[-1],
         "sweep": tags.get(f"{TAG}sweep"), "trial": tags.get(f"{TAG}trial"), "mlflow_run_id": run.info.run_id,
@@ -101,7 +104,8 @@ def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: i
         "ppo_epochs": (model.get("init_args") or {}).get("ppo_epochs"),
         "eval_interval": evaluation.get("eval_interval"), "n_eval_episodes": evaluation.get("n_eval_episodes"),
         "env_steps": env_steps, "wall_time_s": round(wall, 1),
-        "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None, "paused_s": round(paused_s, 1),
+        "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None,
+        "not_counted_s": round(not_counted_s, 1),
     }
 
 
@@ -135,7 +139,7 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
         steps = sorted(histories["test_win_rate"])
         require(bool(steps), f"trial {trial} finished without a test/win_rate")
         clock = _history(client, run.info.run_id, CLOCK)
-        seconds, paused_s = active_seconds(run, [histories["test_win_rate"][s][1] for s in steps],
+        seconds, not_counted_s = active_seconds(run, [histories["test_win_rate"][s][1] for s in steps],
                                            [clock[s][0] if s in clock else None for s in steps])
         target = Path(out) / arm / map_name
         target.mkdir(parents=True, exist_ok=True)
@@ -147,7 +151,7 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
                 values = [histories[c].get(s, (float("nan"), 0))[0] for c in METRICS]
                 w.writerow([map_name, variant, seed, s, *(f"{v:.6g}" for v in values), round(elapsed, 1)])
         stem.with_suffix(".yaml").write_text(config_text)
-        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit, steps[-1], paused_s)
+        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit, steps[-1], not_counted_s)
         stem.with_suffix(".json").write_text(json.dumps(facts, indent=1) + "\n")
         written += [stem.with_suffix(s) for s in (".csv", ".yaml", ".json")]
     return written, skipped
