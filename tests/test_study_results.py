@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,9 @@ def test_report_statistics_by_hand(exported):
     assert 100_000 in mappo.marks and 250_000 not in mappo.marks  # no mark past the budget
     line = comparison(by["ACORM-MAPPO"], mappo, n_resamples=2000)
     assert "ACORM-MAPPO ends higher than MAPPO" in line and "difference +0.24" in line and "disjoint" in line
+    # AUC: 0.45 against 0.30; resampling each side's 3 seeds keeps the difference within [+0.05, +0.25]
+    auc = re.search(r"AUC 0\.45 vs 0\.30, difference \+0\.15 \[([+-][\d.]+), ([+-][\d.]+)\]", line)
+    assert auc and 0.05 <= float(auc[1]) <= 0.15 <= float(auc[2]) <= 0.25
     two = cells([r for r in runs if r.seed < 2], n_resamples=500)  # two seeds each: numbers, no verdict
     line = comparison(two[1], two[0], n_resamples=500)
     assert "too few seeds for a comparison" in line and "ends higher" not in line

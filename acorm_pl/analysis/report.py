@@ -115,9 +115,9 @@ def _steps(n: int) -> str:
 
 
 def comparison(cell: Cell, host: Cell, confidence: float = 0.95, n_resamples: int = 10_000) -> str:
-    """One line on ``cell`` against ``host``: the difference of final values with its bootstrap CI, and
-    whether the two cells' CIs are disjoint; with fewer than :data:`MIN_SEEDS` seeds on a side, the numbers
-    only, and no verdict."""
+    """One line on ``cell`` against ``host``: the difference of final values with its bootstrap CI, whether
+    the two cells' CIs are disjoint, and the difference of the areas under the curves; with fewer than
+    :data:`MIN_SEEDS` seeds on a side, the numbers only, and no verdict."""
     if min(len(cell.seeds), len(host.seeds)) < MIN_SEEDS:
         return (f"{cell.map}: final {cell.final.mean():.2f} ({cell.variant}) vs {host.final.mean():.2f} "
                 f"({host.variant}), {len(cell.seeds)} vs {len(host.seeds)} seeds: too few seeds for a comparison "
@@ -133,8 +133,11 @@ def comparison(cell: Cell, host: Cell, confidence: float = 0.95, n_resamples: in
         verdict = f"{cell.variant} ends lower than {host.variant}"
     else:
         verdict = f"no difference shown between {cell.variant} and {host.variant}"
+    auc_low, auc_high = bootstrap_diff_ci(cell.auc, host.auc, confidence, n_resamples)
+    auc = (f"AUC {cell.auc.mean():.2f} vs {host.auc.mean():.2f}, difference "
+           f"{cell.auc.mean() - host.auc.mean():+.2f} [{auc_low:+.2f}, {auc_high:+.2f}]")
     return (f"{cell.map}: {verdict} (final {a[0]:.2f} vs {b[0]:.2f}, difference {diff:+.2f} "
-            f"[{low:+.2f}, {high:+.2f}]; the two CIs are {'disjoint' if disjoint else 'overlapping'}; "
+            f"[{low:+.2f}, {high:+.2f}]; the two CIs are {'disjoint' if disjoint else 'overlapping'}; {auc}; "
             f"{len(cell.seeds)} vs {len(host.seeds)} seeds)")
 
 
