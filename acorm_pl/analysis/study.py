@@ -69,11 +69,10 @@ def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None]) -> t
     None where missing).
 
     A run that logged its clock at every evaluation is read from it; what it leaves out of the run's span is
-    the pauses between attempts, the start-up before training (imports, environments) and the shut-down.
-    One from before the clock is read from
-    the evaluations' timestamps, and any interval between two evaluations longer than
-    max(PAUSE_MIN_S, PAUSE_FACTOR x the median interval) is taken as a pause between attempts: it counts as one
-    median interval.
+    the pauses between attempts, the start-up before training (imports, environments) and the shut-down. One
+    from before the clock is read from the evaluations' timestamps, and any interval between two evaluations
+    longer than max(PAUSE_MIN_S, PAUSE_FACTOR x the median interval) is taken as a pause between attempts: it
+    counts as one median interval.
     """
     start = run.info.start_time or (eval_ms[0] if eval_ms else 0)
     total = max(0.0, ((run.info.end_time or start) - start) / 1000)
