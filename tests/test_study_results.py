@@ -106,8 +106,26 @@ def _resumed_run(client: MlflowClient, exp: str, variant: str, clock: bool) -> N
         client.log_metric(rid, "test/win_rate", 0.1 * i, timestamp=1_000_000 + 1000 * t, step=10_000 * i)
         if clock:
             client.log_metric(rid, "time/run_s", [10, 20, 30, 40, 55, 65, 75][i], step=10_000 * i)
+    # training metrics every 2 s while an attempt runs: the first until 44 s, the second from 2049 s
+    for t in [*range(2, 45, 2), *range(2049, 2080, 2)]:
+        client.log_metric(rid, "perf/env_steps_per_s", 500.0, timestamp=1_000_000 + 1000 * t, step=250 * t)
     client.log_text(rid, yaml.safe_dump({"data": {"total_env_steps": 60_000}}), "config.yaml")
     client.set_terminated(rid, "FINISHED", end_time=1_000_000 + 2_080_000)
+
+
+def _slowed_run(client: MlflowClient, exp: str) -> None:
+    """A FINISHED trial from before the clock that slowed down (starved of CPU) but never stopped: evaluations
+    at 10, 20, 30, 400 and 800 s, training metrics every 60 s throughout."""
+    run = client.create_run(exp, start_time=1_000_000, tags={
+        "acorm_pl.sweep": "study", "acorm_pl.trial": "QMIX-128-8m-s0", "acorm_pl.variant": "QMIX-128",
+        "acorm_pl.seed": "0", "acorm_pl.map": "8m"})
+    rid = run.info.run_id
+    for i, t in enumerate([10, 20, 30, 400, 800]):
+        client.log_metric(rid, "test/win_rate", 0.1 * i, timestamp=1_000_000 + 1000 * t, step=10_000 * i)
+    for t in range(0, 801, 60):
+        client.log_metric(rid, "perf/env_steps_per_s", 100.0, timestamp=1_000_000 + 1000 * t, step=50 * t)
+    client.log_text(rid, yaml.safe_dump({"data": {"total_env_steps": 40_000}}), "config.yaml")
+    client.set_terminated(rid, "FINISHED", end_time=1_000_000 + 800_000)
 
 
 def test_export_leaves_the_pause_of_a_resumed_run_out_of_its_wall_time(workdir, capsys):
@@ -116,6 +134,7 @@ def test_export_leaves_the_pause_of_a_resumed_run_out_of_its_wall_time(workdir, 
     exp = client.create_experiment("study", artifact_location=(workdir / "sweep" / "mlartifacts").as_uri())
     _resumed_run(client, exp, "QMIX", clock=False)
     _resumed_run(client, exp, "ACORM", clock=True)
+    _slowed_run(client, exp)
     main(["results", "export", "sweep", "--arm", "qmix", "--results", "results"])
     capsys.readouterr()
 
@@ -124,12 +143,14 @@ def test_export_leaves_the_pause_of_a_resumed_run_out_of_its_wall_time(workdir, 
             rows = [float(r["wall_time_s"]) for r in csv.DictReader(f)]
         return rows, json.loads((workdir / "results" / "qmix" / "8m" / f"{variant}_s0.json").read_text())
 
-    # Before the clock: the 2015 s between two evaluations (over max(300 s, 10 x the median 10 s)) is a pause
-    # and counts as one median interval.
+    # Before the clock: the 2005 s in which the run logged nothing (over 300 s) is a pause, and is not counted.
     rows, facts = read("QMIX")
     assert rows == [10, 20, 30, 40, 50, 60, 70]
     assert facts["not_counted_s"] == 2005.0 and facts["wall_time_s"] == 2080.0 - 2005.0
     assert facts["env_steps_per_s"] == pytest.approx(60_000 / 75.0, abs=0.1)
+    # A run that only slowed down has no pause, however long between two evaluations.
+    rows, facts = read("QMIX-128")
+    assert rows == [10, 20, 30, 400, 800] and facts["not_counted_s"] == 0.0 and facts["wall_time_s"] == 800.0
     # With the clock: its values, and the run's span less the clock's last value is the pause.
     rows, facts = read("ACORM")
     assert rows == [10, 20, 30, 40, 55, 65, 75]

@@ -32,7 +32,8 @@ METRICS = {"test_win_rate": "test/win_rate", "test_return_mean": "test/return_me
            "test_ep_length_mean": "test/ep_length_mean"}
 ARMS = ("qmix_pilot", "qmix", "mappo_pilot", "mappo")  # each pilot picks the maps of the arm after it
 CLOCK = "time/run_s"  # seconds trained, summed over a run's attempts (callbacks.Evaluation)
-PAUSE_MIN_S, PAUSE_FACTOR = 300.0, 10.0  # runs from before the clock: what counts as a pause between attempts
+PAUSE_MIN_S = 300.0  # runs from before the clock: this long without logging anything is a pause between attempts
+ACTIVITY = "perf/env_steps_per_s"  # logged every few updates by every run (callbacks.ThroughputMonitor)
 
 
 @dataclass
@@ -63,26 +64,26 @@ def _history(client: MlflowClient, run_id: str, metric: str) -> dict[int, tuple[
     return points
 
 
-def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None]) -> tuple[list[float], float]:
+def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None], activity_ms: list[int]
+                   ) -> tuple[list[float], float]:
     """(seconds trained at each evaluation, seconds of the MLflow run's span not counted) for a run whose
     evaluations were logged at ``eval_ms`` (ms since the epoch) with the run clock ``clock`` (``time/run_s``,
-    None where missing).
+    None where missing), and which logged anything at all at ``activity_ms`` (training metrics included).
 
     A run that logged its clock at every evaluation is read from it; what it leaves out of the run's span is
     the pauses between attempts, the start-up before training (imports, environments) and the shut-down. One
-    from before the clock is read from the evaluations' timestamps, and any interval between two evaluations
-    longer than max(PAUSE_MIN_S, PAUSE_FACTOR x the median interval) is taken as a pause between attempts: it
-    counts as one median interval.
+    from before the clock is read from timestamps: a stretch of more than PAUSE_MIN_S in which the run logged
+    nothing (it logs training metrics every few updates, however slowly it runs) is a pause between attempts.
     """
     start = run.info.start_time or (eval_ms[0] if eval_ms else 0)
     total = max(0.0, ((run.info.end_time or start) - start) / 1000)
     if clock and all(c is not None for c in clock):
         return [float(c) for c in clock], max(0.0, total - float(clock[-1]))
-    times = [(t - start) / 1000 for t in eval_ms]
-    gaps = np.diff(np.asarray([0.0, *times]))
-    typical = float(np.median(gaps)) if len(gaps) else 0.0
-    paused = np.where(gaps > max(PAUSE_MIN_S, PAUSE_FACTOR * typical), gaps - typical, 0.0)
-    return [round(float(t), 1) for t in np.cumsum(gaps - paused)], float(paused.sum())
+    marks = np.asarray(sorted({start, *activity_ms, *eval_ms}), dtype=np.float64) / 1000
+    gaps = np.diff(marks)
+    pause_ends, pause_lengths = marks[1:][gaps > PAUSE_MIN_S], gaps[gaps > PAUSE_MIN_S]
+    seconds = [round((t - start) / 1000 - float(pause_lengths[pause_ends <= t / 1000].sum()), 1) for t in eval_ms]
+    return seconds, float(pause_lengths.sum())
 
 
 def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: int, not_counted_s: float = 0.0
@@ -138,8 +139,9 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
         steps = sorted(histories["test_win_rate"])
         require(bool(steps), f"trial {trial} finished without a test/win_rate")
         clock = _history(client, run.info.run_id, CLOCK)
+        activity = [m.timestamp for m in client.get_metric_history(run.info.run_id, ACTIVITY)]
         seconds, not_counted_s = active_seconds(run, [histories["test_win_rate"][s][1] for s in steps],
-                                           [clock[s][0] if s in clock else None for s in steps])
+                                                [clock[s][0] if s in clock else None for s in steps], activity)
         target = Path(out) / arm / map_name
         target.mkdir(parents=True, exist_ok=True)
         stem = target / run_stem(variant, seed)
