@@ -79,7 +79,9 @@ def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None], acti
     total = max(0.0, ((run.info.end_time or start) - start) / 1000)
     if clock and all(c is not None for c in clock):
         return [float(c) for c in clock], max(0.0, total - float(clock[-1]))
-    marks = np.asarray(sorted({start, *activity_ms, *eval_ms}), dtype=np.float64) / 1000
+    end = run.info.end_time or max([start, *activity_ms, *eval_ms])
+    inside = [t for t in (*activity_ms, *eval_ms) if start <= t <= end]  # a clock set wrong can log outside
+    marks = np.asarray(sorted({start, *inside}), dtype=np.float64) / 1000
     gaps = np.diff(marks)
     pause_ends, pause_lengths = marks[1:][gaps > PAUSE_MIN_S], gaps[gaps > PAUSE_MIN_S]
     seconds = [round((t - start) / 1000 - float(pause_lengths[pause_ends <= t / 1000].sum()), 1) for t in eval_ms]
