@@ -175,10 +175,10 @@ def _run_rows(members: Sequence[Cell]) -> list[str]:
             else:
                 ratio = (f"{known['updates_per_collect']} TD update(s) of {known['batch_size']} episodes "
                          f"per {known['n_envs']} collected")
-            paused = f.get("not_counted_s") or 0.0
+            not_counted = f.get("not_counted_s") or 0.0
             wall_text = "?" if wall is None else f"{wall / 60:.0f} min"
-            if paused >= 60:  # a resumed run: the time between its attempts is not wall time
-                wall_text += f" (resumed; {paused / 60:.0f} min between attempts not counted)"
+            if not_counted >= 60:  # a resumed run: the time between its attempts is not wall time
+                wall_text += f" (resumed; {not_counted / 60:.0f} min between attempts not counted)"
             rows.append(f"| {c.variant} | {r.seed} | {_steps(budget)} | {len(r.env_steps)} x "
                         f"{known['n_eval_episodes']} episodes | {wall_text} | "
                         f"{'?' if rate is None else f'{rate:,.0f}'} | {ratio} | {str(f.get('commit') or '?')[:8]} |")
