@@ -369,3 +369,22 @@ def test_acorm_is_compared_with_matched_capacity_qmix(tmp_path):
     matched = text.split("Against the host at matched capacity (QMIX-128):")[1]
     assert matched.strip().splitlines()[0].startswith("- 2s3z: no difference shown between ACORM and QMIX-128 "
                                                       "(final 0.45 vs 0.45, difference +0.00")
+
+
+def test_re_export_keeps_the_commit_an_untagged_run_was_first_exported_with(workdir, capsys):
+    """A run from before runs tagged their commit takes the sweep checkout's commit at its first export; a later
+    export, from a checkout that has moved on, must not relabel it (nor copy a commit onto a different run)."""
+    (workdir / "sweep").mkdir()
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'sweep' / 'mlruns.db'}")
+    exp = client.create_experiment("study", artifact_location=(workdir / "sweep" / "mlartifacts").as_uri())
+    _slowed_run(client, exp)
+    facts_path = workdir / "results" / "qmix" / "8m" / "QMIX-128_s0.json"
+    main(["results", "export", "sweep", "--arm", "qmix", "--results", "results"])
+    first = json.loads(facts_path.read_text())
+    facts_path.write_text(json.dumps({**first, "commit": "0123456789ab"}))  # as exported from an older checkout
+    main(["results", "export", "sweep", "--arm", "qmix", "--results", "results"])
+    assert json.loads(facts_path.read_text())["commit"] == "0123456789ab"
+    facts_path.write_text(json.dumps({**first, "commit": "0123456789ab", "mlflow_run_id": "another-run"}))
+    main(["results", "export", "sweep", "--arm", "qmix", "--results", "results"])
+    capsys.readouterr()
+    assert json.loads(facts_path.read_text())["commit"] == first["commit"] != "0123456789ab"

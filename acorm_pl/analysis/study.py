@@ -8,6 +8,7 @@ one CSV of evaluations, its resolved config and a JSON of facts (budget, update 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from dataclasses import dataclass
@@ -154,10 +155,24 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
                 values = [histories[c].get(s, (float("nan"), 0))[0] for c in METRICS]
                 w.writerow([map_name, variant, seed, s, *(f"{v:.6g}" for v in values), round(elapsed, 1)])
         stem.with_suffix(".yaml").write_text(config_text)
-        facts = run_facts(run, yaml.safe_load(config_text) or {}, commit, steps[-1], not_counted_s)
+        facts = run_facts(run, yaml.safe_load(config_text) or {}, _recorded_commit(stem, run) or commit,
+                          steps[-1], not_counted_s)
         stem.with_suffix(".json").write_text(json.dumps(facts, indent=1) + "\n")
         written += [stem.with_suffix(s) for s in (".csv", ".yaml", ".json")]
     return written, skipped
+
+
+def _recorded_commit(stem: Path, run: Run) -> str | None:
+    """The commit an earlier export of this same MLflow run recorded, so that re-exporting a run made before
+    runs tagged their commit keeps the commit it ran at instead of taking today's checkout."""
+    path = stem.with_suffix(".json")
+    if not path.is_file():
+        return None
+    with contextlib.suppress(ValueError):
+        earlier = json.loads(path.read_text())
+        if earlier.get("mlflow_run_id") == run.info.run_id:
+            return earlier.get("commit")
+    return None
 
 
 def load_results(root: str | Path = RESULTS_DIR) -> list[StudyRun]:
