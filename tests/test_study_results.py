@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from tiny_runs import tiny_acorm_checkpoint
 
 from acorm_pl.analysis.inspect import EpisodeRecord
-from acorm_pl.analysis.report import cells, comparison, final_value, render, value_at
+from acorm_pl.analysis.report import cells, comparison, final_value, first_reaching, render, value_at
 from acorm_pl.analysis.role_report import roles_section
 from acorm_pl.analysis.role_stats import (
     attention_numbers,
@@ -388,3 +388,15 @@ def test_re_export_keeps_the_commit_an_untagged_run_was_first_exported_with(work
     main(["results", "export", "sweep", "--arm", "qmix", "--results", "results"])
     capsys.readouterr()
     assert json.loads(facts_path.read_text())["commit"] == first["commit"] != "0123456789ab"
+
+
+def test_how_soon_is_each_seeds_first_evaluation_at_the_threshold(tmp_path):
+    steps = np.array([0, 250_000, 500_000, 750_000, 1_000_000, 1_250_000])
+    fast = StudyRun("mappo", "3s5z", "MAPPO", 0, steps, np.array([0.0, 0.4, 0.5, 0.95, 0.8, 0.9]), steps * 0.0, {})
+    slow = StudyRun("mappo", "3s5z", "MAPPO", 1, steps, np.array([0.0, 0.1, 0.2, 0.3, 0.6, 0.7]), steps * 0.0, {})
+    assert first_reaching(fast, 0.5) == 500_000 and first_reaching(fast, 0.9) == 750_000
+    assert first_reaching(slow, 0.5) == 1_000_000 and first_reaching(slow, 0.9) is None
+    text = render(cells([fast, slow], n_resamples=200), {}, tmp_path)
+    assert "| MAPPO | s0 500k, s1 1M | s0 750k, s1 never |" in text
+    late = StudyRun("mappo", "3s5z", "MAPPO", 2, steps + 3_210, np.array([0, 0, 0, 0, 0, 0.5]), steps * 0.0, {})
+    assert "s2 1.25M" in render(cells([late], n_resamples=200), {}, tmp_path)

@@ -19,6 +19,7 @@ from acorm_pl.analysis.study import ARMS, RESULTS_DIR, StudyRun, load_results
 MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 MIN_SEEDS = 3  # a comparison with a verdict needs this many seeds on each side
 FINAL_LAST = 5  # the final value of a run: the mean of its last five evaluations (the authors' "last-5 mean")
+THRESHOLDS = (0.5, 0.9)  # "how soon": the env step of a run's first evaluation at or above each
 HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "mappo_pilot": "MAPPO", "mappo": "MAPPO"}
 FULL_METHOD = {"qmix_pilot": "ACORM", "qmix": "ACORM", "mappo_pilot": "ACORM-MAPPO", "mappo": "ACORM-MAPPO"}
 # (the variants of a full method are named "<full method>-...")
@@ -77,6 +78,23 @@ def final_value(run: StudyRun, last: int = FINAL_LAST) -> float:
     return float(run.win_rate[-last:].mean())
 
 
+def first_reaching(run: StudyRun, threshold: float) -> int | None:
+    """The env step of the run's first evaluation with a test win rate of at least ``threshold`` (None: never).
+    Read per seed, not averaged: a seed that never gets there has no number to average."""
+    hits = np.flatnonzero(run.win_rate >= threshold)
+    return int(run.env_steps[hits[0]]) if hits.size else None
+
+
+def _speed_rows(members: Sequence[Cell]) -> list[str]:
+    rows = ["| variant | " + " | ".join(f"first at {t:g} or more, per seed" for t in THRESHOLDS) + " |",
+            "|---|" + "---|" * len(THRESHOLDS)]
+    for c in members:
+        reached = [", ".join(f"s{r.seed} " + ("never" if (s := first_reaching(r, t)) is None else _steps(s))
+                             for r in c.runs) for t in THRESHOLDS]
+        rows.append(f"| {c.variant} | " + " | ".join(reached) + " |")
+    return rows
+
+
 def _ci(values: np.ndarray, confidence: float, n_resamples: int) -> tuple[float, float, float, int]:
     mean, low, high, count = bootstrap_band(values.reshape(-1, 1), confidence, n_resamples)
     return float(mean[0]), float(low[0]), float(high[0]), int(count[0])
@@ -111,7 +129,9 @@ def _fmt(mean: float, low: float, high: float) -> str:
 
 
 def _steps(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n // 1000}k"
+    if n < 999_500:  # what would round to 1000k is written in M
+        return f"{round(n / 1000)}k"
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n / 1e6:.2f}M"
 
 
 def comparison(cell: Cell, host: Cell, confidence: float = 0.95, n_resamples: int = 10_000) -> str:
@@ -218,6 +238,8 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
                              + " | ".join(_fmt(*c.marks[m][:3]) if m in c.marks else "-" for m in marks)
                              + f" | {_fmt(*_ci(c.final, confidence, 10_000)[:3])} | "
                                f"{_fmt(*_ci(c.auc, confidence, 10_000)[:3])} |")
+            lines += ["", "How soon (the env step of each seed's first test win rate at or above the threshold):",
+                      "", *_speed_rows(members)]
             host = next((c for c in members if c.variant == HOSTS[arm]), None)
             if host is not None and len(members) > 1:
                 lines += ["", "Against the host:", ""]
