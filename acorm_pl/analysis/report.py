@@ -20,11 +20,13 @@ MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 MIN_SEEDS = 3  # a comparison with a verdict needs this many seeds on each side
 FINAL_LAST = 5  # the final value of a run: the mean of its last five evaluations (the authors' "last-5 mean")
 THRESHOLDS = (0.5, 0.9)  # "how soon": the env step of a run's first evaluation at or above each
-HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "mappo_pilot": "MAPPO", "mappo": "MAPPO"}
-FULL_METHOD = {"qmix_pilot": "ACORM", "qmix": "ACORM", "mappo_pilot": "ACORM-MAPPO", "mappo": "ACORM-MAPPO"}
+HOSTS = {"qmix_pilot": "QMIX", "qmix": "QMIX", "qmix_x8": "QMIX", "mappo_pilot": "MAPPO", "mappo": "MAPPO"}
+FULL_METHOD = {"qmix_pilot": "ACORM", "qmix": "ACORM", "qmix_x8": "ACORM", "mappo_pilot": "ACORM-MAPPO",
+               "mappo": "ACORM-MAPPO"}
 # (the variants of a full method are named "<full method>-...")
-MATCHED = {"qmix": "QMIX-128"}  # the host with the full method's agent embedding size
+MATCHED = {"qmix": "QMIX-128", "qmix_x8": "QMIX-128"}  # the host with the full method's agent embedding size
 ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host (Figs. 2-3)",
+              "qmix_x8": "QMIX host at the paper's update ratio (8 TD updates per 8 collected episodes)",
               "mappo_pilot": "MAPPO host, pilot (which maps)", "mappo": "MAPPO host (Fig. 9)"}
 VARIANT_ORDER = ("ACORM", "ACORM-Tcl12", "QMIX", "QMIX-128", "ACORM-noCL", "ACORM-noMHA", "MAPPO", "ACORM-MAPPO",
                  "ACORM-MAPPO-noCL")

@@ -31,7 +31,8 @@ COLUMNS = ("map", "variant", "seed", "env_step", "test_win_rate", "test_return_m
            "wall_time_s")
 METRICS = {"test_win_rate": "test/win_rate", "test_return_mean": "test/return_mean",
            "test_ep_length_mean": "test/ep_length_mean"}
-ARMS = ("qmix_pilot", "qmix", "mappo_pilot", "mappo")  # each pilot picks the maps of the arm after it
+# each pilot picks the maps of the arm after it; qmix_x8 is the QMIX host at the paper's update ratio
+ARMS = ("qmix_pilot", "qmix", "qmix_x8", "mappo_pilot", "mappo")
 CLOCK = "time/run_s"  # seconds trained, summed over a run's attempts (callbacks.Evaluation)
 PAUSE_MIN_S = 300.0  # runs from before the clock: this long without logging anything is a pause between attempts
 ACTIVITY = "perf/env_steps_per_s"  # logged every few updates by every run (callbacks.ThroughputMonitor)
