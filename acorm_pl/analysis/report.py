@@ -1,7 +1,8 @@
 """``docs/results.md`` and its figures, generated from the exported study results (:mod:`acorm_pl.analysis.study`):
 per map and variant the mean test win rate over seeds with 95% bootstrap CIs at fixed env-step marks, the final
-value and the area under the curve, each variant's difference from its host, the runs' budgets, update ratios and
-wall times, and the published SMAX figures for the same maps."""
+value and the area under the curve, how soon each seed first reached a win rate of 0.5 and of 0.9, each
+variant's difference from its host, the runs' budgets, update ratios and wall times, and the published SMAX
+figures for the same maps."""
 
 from __future__ import annotations
 
