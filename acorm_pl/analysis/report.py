@@ -30,7 +30,7 @@ ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host 
               "qmix_x8": "QMIX host at the paper's update ratio (8 TD updates per 8 collected episodes)",
               "mappo_pilot": "MAPPO host, pilot (which maps)", "mappo": "MAPPO host (Fig. 9)"}
 VARIANT_ORDER = ("ACORM", "ACORM-Tcl12", "QMIX", "QMIX-128", "ACORM-noCL", "ACORM-noMHA", "MAPPO", "ACORM-MAPPO",
-                 "ACORM-MAPPO-noCL")
+                 "ACORM-MAPPO-Tcl1", "ACORM-MAPPO-noCL")
 
 # Final test win rate at 1e7 env steps (unless noted), as the study issue quotes them: JaxMARL and Mava on SMAX;
 # the ACORM authors' curves on SMAC (4 seeds, last-5 mean, ACORM / their QMIX).

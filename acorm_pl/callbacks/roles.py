@@ -18,7 +18,8 @@ class RoleClustering(pl.Callback):
     Does nothing for modules without contrastive role learning.
 
     Args:
-        interval: T_cl, updates between contrastive updates (Table 2: 100 TD updates; Table 4: 32 PPO updates).
+        interval: T_cl in updates between contrastive updates (Table 2: 100 TD updates, one per episode in
+            the paper; Table 4's 32 episodes are one PPO update: 1).
     """
 
     def __init__(self, interval: int = 100):
