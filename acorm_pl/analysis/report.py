@@ -26,6 +26,9 @@ FULL_METHOD = {"qmix_pilot": "ACORM", "qmix": "ACORM", "qmix_x8": "ACORM", "mapp
                "mappo": "ACORM-MAPPO"}
 # (the variants of a full method are named "<full method>-...")
 MATCHED = {"qmix": "QMIX-128", "qmix_x8": "QMIX-128"}  # the host with the full method's agent embedding size
+# The contrastive step at the paper's per-episode rate (T_cl counted in episodes, Algorithm 1) and the same network
+# without it: the comparison that isolates the contrastive loss, where the arm's full method took it more rarely.
+PAPER_RATE = {"qmix": ("ACORM-Tcl12", "ACORM-noCL"), "mappo": ("ACORM-MAPPO-Tcl1", "ACORM-MAPPO-noCL")}
 ARM_TITLES = {"qmix_pilot": "QMIX host, pilot (which maps)", "qmix": "QMIX host (Figs. 2-3)",
               "qmix_x8": "QMIX host at the paper's update ratio (8 TD updates per 8 collected episodes)",
               "mappo_pilot": "MAPPO host, pilot (which maps)", "mappo": "MAPPO host (Fig. 9)"}
@@ -256,6 +259,12 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
             if full is not None and variants:
                 lines += ["", f"Against the full method ({full.variant}), its ablations and variants:", ""]
                 lines += [f"- {comparison(c, full, confidence)}" for c in variants]
+            by_name = {c.variant: c for c in members}
+            with_cl, without = (by_name.get(v) for v in PAPER_RATE.get(arm, ("", "")))
+            if with_cl is not None and without is not None:
+                lines += ["", f"The contrastive loss at the paper's rate ({with_cl.variant}) against none "
+                          f"({without.variant}, the same network):", "",
+                          f"- {comparison(without, with_cl, confidence)}"]
             if map_name in PUBLISHED:
                 lines += ["", "Published final test win rates on this map (1e7 env steps unless noted; the ACORM "
                           "paper's are on SMAC, not SMAX): "
