@@ -418,3 +418,29 @@ def test_the_contrastive_loss_at_the_papers_rate_is_compared_with_none(tmp_path)
                            "difference -0.48")
     runs = [r for r in runs if r.variant != "ACORM-MAPPO-Tcl1"]
     assert "at the paper's rate" not in render(cells(runs, n_resamples=500), {}, tmp_path)
+
+
+def test_export_summarises_each_runs_contrastive_learning_and_the_report_shows_it(workdir, capsys):
+    """The InfoNCE loss and accuracy of the first and last five contrastive steps (a resumed run's repeated step
+    counted once, at its later value), the largest loss, the chance accuracy; none for a run without the loss."""
+    client = _fake_sweep(workdir / "sweep", {("MAPPO", 0): 0.5, ("ACORM-MAPPO", 0): 0.9})
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                             "tags.`acorm_pl.trial` = 'ACORM-MAPPO-3s5z-s0'")[0]
+    losses = [1.2, 1.0, 3.0, 1.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    for i, loss in enumerate(losses):
+        step = 1_000 * (i + 1)
+        client.log_metric(run.info.run_id, "roles/contrastive_loss", loss, timestamp=10 * i, step=step)
+        client.log_metric(run.info.run_id, "roles/accuracy", 0.1 * (i % 10), timestamp=10 * i, step=step)
+        client.log_metric(run.info.run_id, "roles/positive_fraction", 0.25, timestamp=10 * i, step=step)
+    client.log_metric(run.info.run_id, "roles/contrastive_loss", 0.7, timestamp=999, step=12_000)  # resumed: again
+    main(["results", "export", "sweep", "--arm", "mappo", "--results", "results"])
+    facts = json.loads((workdir / "results" / "mappo" / "3s5z" / "ACORM-MAPPO_s0.json").read_text())
+    assert facts["contrastive"] == pytest.approx({
+        "steps": 12, "loss_first": (1.2 + 1.0 + 3.0 + 1.1 + 0.9) / 5, "loss_last": (0.6 + 0.5 + 0.4 + 0.3 + 0.7) / 5,
+        "loss_max": 3.0, "accuracy_first": 0.2, "accuracy_last": (0.7 + 0.8 + 0.9 + 0.0 + 0.1) / 5,
+        "positive_fraction": 0.25}, abs=1e-4)
+    assert "contrastive" not in json.loads((workdir / "results" / "mappo" / "3s5z" / "MAPPO_s0.json").read_text())
+    main(["results", "report", "--results", "results", "--out", "results.md", "--figures", "figs"])
+    capsys.readouterr()
+    report = (workdir / "results.md").read_text()
+    assert "| ACORM-MAPPO | 0 | 12 | 1.44 -> 0.50 (3.00) | 0.20 -> 0.50 | 0.25 |" in report

@@ -15,7 +15,7 @@ import numpy as np
 from acorm_pl.analysis.curves import RunCurve, curves_figure, learning_curves
 from acorm_pl.analysis.role_report import roles_section
 from acorm_pl.analysis.stats import area_under_curve, bootstrap_band, bootstrap_diff_ci
-from acorm_pl.analysis.study import ARMS, RESULTS_DIR, StudyRun, load_results
+from acorm_pl.analysis.study import ARMS, EDGE_STEPS, RESULTS_DIR, StudyRun, load_results
 
 MARKS = (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000)
 MIN_SEEDS = 3  # a comparison with a verdict needs this many seeds on each side
@@ -99,6 +99,20 @@ def _speed_rows(members: Sequence[Cell]) -> list[str]:
                              for r in c.runs) for t in THRESHOLDS]
         rows.append(f"| {c.variant} | " + " | ".join(reached) + " |")
     return rows
+
+
+def _contrastive_rows(members: Sequence[Cell]) -> list[str]:
+    """Per run with contrastive steps: how many, and the InfoNCE loss and accuracy at their start and end."""
+    rows = [f"| variant | seed | contrastive steps | InfoNCE loss, first {EDGE_STEPS} -> last {EDGE_STEPS} (max) "
+            f"| accuracy, first {EDGE_STEPS} -> last {EDGE_STEPS} | accuracy of a random key |",
+            "|---|---|---|---|---|---|"]
+    for c in members:
+        for r in c.runs:
+            if (cl := r.facts.get("contrastive")) is not None:
+                rows.append(f"| {c.variant} | {r.seed} | {cl['steps']} | {cl['loss_first']:.2f} -> "
+                            f"{cl['loss_last']:.2f} ({cl['loss_max']:.2f}) | {cl['accuracy_first']:.2f} -> "
+                            f"{cl['accuracy_last']:.2f} | {cl['positive_fraction']:.2f} |")
+    return rows if len(rows) > 2 else []
 
 
 def _ci(values: np.ndarray, confidence: float, n_resamples: int) -> tuple[float, float, float, int]:
@@ -246,6 +260,10 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
                                f"{_fmt(*_ci(c.auc, confidence, 10_000)[:3])} |")
             lines += ["", "How soon (the env step of each seed's first test win rate at or above the threshold):",
                       "", *_speed_rows(members)]
+            if contrastive := _contrastive_rows(members):
+                lines += ["", "The contrastive learning in each run (Eq. 3; accuracy: the share of anchors whose "
+                          f"best-scoring key is a positive; the first and last {EDGE_STEPS} steps overlap where a "
+                          f"run took fewer than {2 * EDGE_STEPS}):", "", *contrastive]
             host = next((c for c in members if c.variant == HOSTS[arm]), None)
             if host is not None and len(members) > 1:
                 lines += ["", "Against the host:", ""]

@@ -36,6 +36,10 @@ ARMS = ("qmix_pilot", "qmix", "qmix_x8", "mappo_pilot", "mappo")
 CLOCK = "time/run_s"  # seconds trained, summed over a run's attempts (callbacks.Evaluation)
 PAUSE_MIN_S = 300.0  # runs from before the clock: this long without logging anything is a pause between attempts
 ACTIVITY = "perf/env_steps_per_s"  # logged every few updates by every run (callbacks.ThroughputMonitor)
+# logged at every contrastive step (Eq. 3); positive_fraction is the accuracy of a key drawn at random
+CONTRASTIVE = {"loss": "roles/contrastive_loss", "accuracy": "roles/accuracy",
+               "positive_fraction": "roles/positive_fraction"}
+EDGE_STEPS = 5  # the start and the end of the contrastive learning: means over its first and last five steps
 
 
 @dataclass
@@ -88,6 +92,26 @@ def active_seconds(run: Run, eval_ms: list[int], clock: list[float | None], acti
     pause_ends, pause_lengths = marks[1:][gaps > PAUSE_MIN_S], gaps[gaps > PAUSE_MIN_S]
     seconds = [round((t - start) / 1000 - float(pause_lengths[pause_ends <= t / 1000].sum()), 1) for t in eval_ms]
     return seconds, float(pause_lengths.sum())
+
+
+def contrastive_facts(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """How the run's contrastive learning went: the number of contrastive steps, the InfoNCE loss and the
+    accuracy (share of anchors whose best-scoring key is a positive) averaged over the first and over the last
+    :data:`EDGE_STEPS` steps, the largest loss, and the mean share of keys that are positives (the accuracy of
+    a key drawn at random). None for a run without contrastive steps."""
+    histories = {key: _history(client, run_id, name) for key, name in CONTRASTIVE.items()}
+    steps = sorted(histories["loss"])
+    if not steps:
+        return None
+
+    def mean(key: str, at: list[int]) -> float:
+        return round(float(np.mean([histories[key][s][0] for s in at if s in histories[key]])), 4)
+
+    first, last = steps[:EDGE_STEPS], steps[-EDGE_STEPS:]
+    return {"steps": len(steps), "loss_first": mean("loss", first), "loss_last": mean("loss", last),
+            "loss_max": round(max(v for v, _ in histories["loss"].values()), 4),
+            "accuracy_first": mean("accuracy", first), "accuracy_last": mean("accuracy", last),
+            "positive_fraction": mean("positive_fraction", steps)}
 
 
 def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: int, not_counted_s: float = 0.0
@@ -158,6 +182,9 @@ def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
         stem.with_suffix(".yaml").write_text(config_text)
         facts = run_facts(run, yaml.safe_load(config_text) or {}, _recorded_commit(stem, run) or commit,
                           steps[-1], not_counted_s)
+        contrastive = contrastive_facts(client, run.info.run_id)
+        if contrastive is not None:
+            facts["contrastive"] = contrastive
         stem.with_suffix(".json").write_text(json.dumps(facts, indent=1) + "\n")
         written += [stem.with_suffix(s) for s in (".csv", ".yaml", ".json")]
     return written, skipped
