@@ -264,12 +264,12 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
                 lines += ["", "The contrastive learning in each run (Eq. 3; accuracy: the share of anchors whose "
                           f"best-scoring key is a positive; the first and last {EDGE_STEPS} steps overlap where a "
                           f"run took fewer than {2 * EDGE_STEPS}):", "", *contrastive]
-            host = next((c for c in members if c.variant == HOSTS[arm]), None)
+            by_name = {c.variant: c for c in members}
+            host = by_name.get(HOSTS[arm])
             if host is not None and len(members) > 1:
                 lines += ["", "Against the host:", ""]
                 lines += [f"- {comparison(c, host, confidence)}" for c in members if c is not host]
-            full = next((c for c in members if c.variant == FULL_METHOD[arm]), None)
-            matched = next((c for c in members if c.variant == MATCHED.get(arm)), None)
+            full, matched = by_name.get(FULL_METHOD[arm]), by_name.get(MATCHED.get(arm, ""))
             if full is not None and matched is not None:
                 lines += ["", f"Against the host at matched capacity ({matched.variant}):", "",
                           f"- {comparison(full, matched, confidence)}"]
@@ -277,7 +277,6 @@ def render(all_cells: Sequence[Cell], figures: dict[tuple, Path], doc_dir: Path,
             if full is not None and variants:
                 lines += ["", f"Against the full method ({full.variant}), its ablations and variants:", ""]
                 lines += [f"- {comparison(c, full, confidence)}" for c in variants]
-            by_name = {c.variant: c for c in members}
             with_cl, without = (by_name.get(v) for v in PAPER_RATE.get(arm, ("", "")))
             if with_cl is not None and without is not None:
                 lines += ["", f"The contrastive loss at the paper's rate ({with_cl.variant}) against none "

@@ -100,16 +100,16 @@ def contrastive_facts(client: MlflowClient, run_id: str) -> dict[str, Any] | Non
     :data:`EDGE_STEPS` steps, the largest loss, and the mean share of keys that are positives (the accuracy of
     a key drawn at random). None for a run without contrastive steps."""
     histories = {key: _history(client, run_id, name) for key, name in CONTRASTIVE.items()}
-    steps = sorted(histories["loss"])
+    steps = sorted(set.intersection(*(set(h) for h in histories.values())))  # the three are logged together
     if not steps:
         return None
 
     def mean(key: str, at: list[int]) -> float:
-        return round(float(np.mean([histories[key][s][0] for s in at if s in histories[key]])), 4)
+        return round(float(np.mean([histories[key][s][0] for s in at])), 4)
 
     first, last = steps[:EDGE_STEPS], steps[-EDGE_STEPS:]
     return {"steps": len(steps), "loss_first": mean("loss", first), "loss_last": mean("loss", last),
-            "loss_max": round(max(v for v, _ in histories["loss"].values()), 4),
+            "loss_max": round(max(histories["loss"][s][0] for s in steps), 4),
             "accuracy_first": mean("accuracy", first), "accuracy_last": mean("accuracy", last),
             "positive_fraction": mean("positive_fraction", steps)}
 
