@@ -5,6 +5,7 @@ lines, the summary table and ``acorm-pl curves``."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import acorm_pl  # noqa: F401
@@ -93,6 +94,24 @@ def test_figure_has_one_line_and_one_band_per_group(stores):
     for line, curve in zip(ax.lines, curves):
         assert np.array_equal(line.get_xdata(), curve.steps) and np.allclose(line.get_ydata(), curve.mean)
         assert line.get_label().startswith(curve.group)
+
+
+def test_a_long_title_stays_inside_the_figure(stores):
+    curves = learning_curves(load_runs([stores], EXPERIMENT), n_resamples=200)
+    title = "SMAX 3s5z_vs_3s6z, ACORM-MAPPO host (Fig. 9): test win rate, mean over seeds, 95% bootstrap band"
+    fig = curves_figure(curves, title=title)
+    fig.canvas.draw()
+    box = fig.axes[0].title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    assert " ".join(fig.axes[0].get_title().split()) == title  # wrapped, not shortened
+
+
+def test_win_rate_axis_spans_zero_to_one_and_labels_count_seeds(stores):
+    curves = learning_curves(load_runs([stores], EXPERIMENT), n_resamples=200)
+    low, high = curves_figure(curves).axes[0].get_ylim()
+    assert low <= 0 and high >= 1
+    one = curves_figure([replace(curves[0], seeds=curves[0].seeds[:1])]).axes[0]
+    assert one.lines[0].get_label() == f"{curves[0].group} (1 seed)"
 
 
 def test_group_by_tag_and_group_order(stores):

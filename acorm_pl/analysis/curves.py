@@ -30,6 +30,7 @@ import csv
 import json
 import re
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,9 @@ def summary_rows(curves: Sequence[GroupCurve], confidence: float = 0.95, n_resam
     return rows
 
 
+TITLE_CHARS = 80  # of the 9-pt title on a 6.4-inch figure; the report's titles name map and arm and run longer
+
+
 def curves_figure(curves: Sequence[GroupCurve], metric: str = "test/win_rate", confidence: float = 0.95,
                   title: str | None = None) -> Figure:
     """One line per group (mean over seeds) with its shaded bootstrap band, against env steps."""
@@ -246,13 +250,18 @@ def curves_figure(curves: Sequence[GroupCurve], metric: str = "test/win_rate", c
     ax = fig.subplots()
     for i, c in enumerate(curves):
         colour = cluster_colour(i)
-        ax.plot(c.steps, c.mean, color=colour, linewidth=2, label=f"{c.group} ({len(c.seeds)} seeds)")
+        seeds = f"{len(c.seeds)} seed" + ("s" if len(c.seeds) != 1 else "")
+        ax.plot(c.steps, c.mean, color=colour, linewidth=2, label=f"{c.group} ({seeds})")
         ax.fill_between(c.steps, c.low, c.high, color=colour, alpha=0.2, linewidth=0)
     ax.set_xlabel("environment steps")
     ax.set_ylabel(metric)
+    if metric.endswith("win_rate"):  # the full range, so that a flat 0.03 is not drawn as a peak
+        ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title or f"mean over seeds, {round(confidence * 100)}% bootstrap confidence band", fontsize=9)
+    title = title or f"mean over seeds, {round(confidence * 100)}% bootstrap confidence band"
+    # constrained layout does not shrink a title wider than the figure: it would be cut off at the edge
+    ax.set_title(textwrap.fill(title, TITLE_CHARS), fontsize=9)
     return fig
 
 
