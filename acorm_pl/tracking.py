@@ -4,10 +4,12 @@ written atomically, and the reason a run failed."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import tempfile
 import warnings
 from contextlib import suppress
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -78,6 +80,30 @@ def source_commit(directory: Path | None = None) -> str | None:
     return f"{head}-dirty" if dirty else head or None
 
 
+STACK_TAG = "acorm_pl.stack."
+STACK_PACKAGES = ("torch", "numpy", "jax", "jaxlib", "jaxmarl", "lightning")
+
+
+def software_stack() -> dict[str, str]:
+    """What a run's numbers depend on besides the code and the seed: Python, the numerical packages installed,
+    the CPU and the instruction set torch picked kernels for. A seeded run repeats to the last digit on one
+    machine and installation; across machines these say what a rerun has to match."""
+    stack = {"python": platform.python_version(), "cpu": _cpu_model(),
+             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    for name in STACK_PACKAGES:
+        with suppress(metadata.PackageNotFoundError):
+            stack[name] = metadata.version(name)
+    return stack
+
+
+def _cpu_model() -> str:
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 class MLflowTracker(MLFlowLogger):
     """Lightning's MLFlowLogger with acorm-pl's defaults.
 
@@ -102,6 +128,8 @@ class MLflowTracker(MLFlowLogger):
         commit = source_commit()
         if commit is not None:
             tags.setdefault("acorm_pl.git_commit", commit)
+        for key, value in software_stack().items():
+            tags.setdefault(STACK_TAG + key, value)
         super().__init__(experiment_name=experiment_name, run_name=run_name, tracking_uri=uri, tags=tags,
                          artifact_location=artifact_location, run_id=run_id)
         self.run_started = run_id is not None  # whether a run exists to log to; reading it starts none

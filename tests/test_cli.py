@@ -143,6 +143,23 @@ def test_a_continued_run_is_running_again_until_it_ends(workdir, monkeypatch):
     assert client.get_run(first.run_id).info.status == "FAILED"
 
 
+def test_a_run_records_the_software_stack_it_ran_on(workdir):
+    """A seeded run repeats to the last digit only on the same installation and CPU kernels, so every run
+    names them in its tags."""
+    import platform
+
+    import numpy as np
+
+    from acorm_pl.tracking import MLflowTracker
+
+    tracker = MLflowTracker(experiment_name="stack", tracking_uri=f"sqlite:///{workdir / 'mlruns.db'}")
+    tracker.log_metrics({"x": 1.0}, step=0)
+    tags = _client(workdir).get_run(tracker.run_id).data.tags
+    assert tags["acorm_pl.stack.torch"] == torch.__version__ and tags["acorm_pl.stack.numpy"] == np.__version__
+    assert tags["acorm_pl.stack.python"] == platform.python_version()
+    assert tags["acorm_pl.stack.torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert tags["acorm_pl.stack.cpu"]
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_progress_bar_switch_keeps_or_drops_the_env_step_bar(workdir, enabled):
     from acorm_pl.callbacks import EnvStepProgressBar

@@ -46,7 +46,8 @@ def _fake_sweep(sweep_dir, finals: dict[tuple[str, int], float]) -> MlflowClient
     for (variant, seed), final in finals.items():
         run = client.create_run(exp, run_name=f"{variant}-3s5z-s{seed}", start_time=1_000_000, tags={
             "acorm_pl.sweep": "study", "acorm_pl.trial": f"{variant}-3s5z-s{seed}", "acorm_pl.variant": variant,
-            "acorm_pl.seed": str(seed), "acorm_pl.map": "3s5z", "acorm_pl.git_commit": "abc123def456"})
+            "acorm_pl.seed": str(seed), "acorm_pl.map": "3s5z", "acorm_pl.git_commit": "abc123def456",
+            "acorm_pl.stack.torch": "2.13.0+cpu", "acorm_pl.stack.cpu": "AMD EPYC"})
         rid = run.info.run_id
         for i, step in enumerate(STEPS):
             value = final * i / (len(STEPS) - 1)
@@ -90,6 +91,7 @@ def test_export_writes_one_csv_config_and_facts_per_finished_run(exported):
     assert facts["updates_per_collect"] == 1 and facts["total_env_steps"] == 100_000
     assert facts["env_steps"] == 102_400 and facts["env_steps_per_s"] == pytest.approx(102_400 / 120, abs=0.1)
     assert facts["eval_interval"] == 10_000
+    assert facts["stack"] == {"cpu": "AMD EPYC", "torch": "2.13.0+cpu"}  # what a rerun has to match
     config = yaml.safe_load((root / "mappo" / "3s5z" / "MAPPO_s1.yaml").read_text())
     assert config["data"]["map_name"] == "3s5z"
 

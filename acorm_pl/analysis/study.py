@@ -24,7 +24,7 @@ from acorm_pl.analysis.curves import run_artifact_text
 from acorm_pl.errors import require
 from acorm_pl.sweep.runner import TAG
 from acorm_pl.sweep.status import main_run
-from acorm_pl.tracking import source_commit
+from acorm_pl.tracking import STACK_TAG, source_commit
 
 RESULTS_DIR = Path("docs/results")
 COLUMNS = ("map", "variant", "seed", "env_step", "test_win_rate", "test_return_mean", "test_ep_length_mean",
@@ -123,7 +123,7 @@ def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: i
     evaluation = config.get("evaluation") or {}
     tags = run.data.tags
     wall = max(0.0, ((run.info.end_time or 0) - (run.info.start_time or 0)) / 1000 - not_counted_s)
-    return {
+    facts = {
         "arm_host": model.get("class_path", "").rsplit(".", 1)[-1],
         "sweep": tags.get(f"{TAG}sweep"), "trial": tags.get(f"{TAG}trial"), "mlflow_run_id": run.info.run_id,
         "status": run.info.status, "commit": tags.get(f"{TAG}git_commit") or commit,
@@ -135,6 +135,10 @@ def run_facts(run: Run, config: dict[str, Any], commit: str | None, env_steps: i
         "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None,
         "not_counted_s": round(not_counted_s, 1),
     }
+    stack = {key[len(STACK_TAG):]: value for key, value in sorted(tags.items()) if key.startswith(STACK_TAG)}
+    if stack:  # runs since the stack was recorded: what a rerun has to match to repeat this one exactly
+        facts["stack"] = stack
+    return facts
 
 
 def export_sweep(sweep_dir: str | Path, arm: str, out: str | Path = RESULTS_DIR,
