@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.accelerators.cuda import num_cuda_devices
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
@@ -86,10 +87,13 @@ STACK_PACKAGES = ("torch", "numpy", "jax", "jaxlib", "jaxmarl", "lightning")
 
 def software_stack() -> dict[str, str]:
     """What a run's numbers depend on besides the code and the seed: Python, the numerical packages installed,
-    the CPU and the instruction set torch picked kernels for. A seeded run repeats to the last digit on one
-    machine and installation; across machines these say what a rerun has to match."""
+    the CPU and the instruction set torch picked kernels for, the CUDA torch was built with ("none" for a CPU
+    build) and how many GPUs were visible. A seeded run repeats to the last digit on one machine and
+    installation; across machines these say what a rerun has to match."""
+    # num_cuda_devices counts without initialising CUDA, so a DDP fork after this still works
     stack = {"python": platform.python_version(), "cpu": _cpu_model(),
-             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "torch_cuda": torch.version.cuda or "none", "visible_gpus": str(num_cuda_devices())}
     for name in STACK_PACKAGES:
         with suppress(metadata.PackageNotFoundError):
             stack[name] = metadata.version(name)

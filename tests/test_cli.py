@@ -159,6 +159,9 @@ def test_a_run_records_the_software_stack_it_ran_on(workdir):
     assert tags["acorm_pl.stack.python"] == platform.python_version()
     assert tags["acorm_pl.stack.torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert tags["acorm_pl.stack.cpu"]
+    assert tags["acorm_pl.stack.torch_cuda"] == (torch.version.cuda or "none")
+    assert tags["acorm_pl.stack.visible_gpus"] == str(torch.cuda.device_count())
+    assert not torch.cuda.is_initialized()  # counting GPUs must leave CUDA untouched, or a later DDP fork fails
 
 @pytest.mark.parametrize("enabled", [True, False])
 def test_progress_bar_switch_keeps_or_drops_the_env_step_bar(workdir, enabled):
