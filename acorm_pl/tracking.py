@@ -90,7 +90,7 @@ def software_stack() -> dict[str, str]:
     the CPU and the instruction set torch picked kernels for, the CUDA torch was built with ("none" for a CPU
     build) and how many GPUs were visible. A seeded run repeats to the last digit on one machine and
     installation; across machines these say what a rerun has to match."""
-    # num_cuda_devices counts without initialising CUDA, so a DDP fork after this still works
+    # torch counts GPUs through NVML where it can, without initialising CUDA, so a DDP fork after this still works
     stack = {"python": platform.python_version(), "cpu": _cpu_model(),
              "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
              "torch_cuda": torch.version.cuda or "none", "visible_gpus": str(num_cuda_devices())}
