@@ -163,6 +163,7 @@ def test_a_run_records_the_software_stack_it_ran_on(workdir):
     assert tags["acorm_pl.stack.visible_gpus"] == str(torch.cuda.device_count())
     assert not torch.cuda.is_initialized()  # counting GPUs must leave CUDA untouched, or a later DDP fork fails
 
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_progress_bar_switch_keeps_or_drops_the_env_step_bar(workdir, enabled):
     from acorm_pl.callbacks import EnvStepProgressBar
