@@ -16,7 +16,6 @@ from urllib.parse import unquote, urlparse
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.accelerators.cuda import num_cuda_devices
 from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import SaveConfigCallback
@@ -93,7 +92,7 @@ def software_stack() -> dict[str, str]:
     # torch counts GPUs through NVML where it can, without initialising CUDA, so a DDP fork after this still works
     stack = {"python": platform.python_version(), "cpu": _cpu_model(),
              "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-             "torch_cuda": torch.version.cuda or "none", "visible_gpus": str(num_cuda_devices())}
+             "torch_cuda": torch.version.cuda or "none", "visible_gpus": str(torch.cuda.device_count())}
     for name in STACK_PACKAGES:
         with suppress(metadata.PackageNotFoundError):
             stack[name] = metadata.version(name)
