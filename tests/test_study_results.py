@@ -290,8 +290,9 @@ def test_committed_report_is_what_the_committed_results_give(tmp_path, capsys):
     assert out.read_text() == (repo / "docs" / "results.md").read_text()
 
 
-def _roles_file(seed: int, policy_type: float, host_type: float, entropies: list[float], tv: float) -> dict:
-    nmi = lambda v: {"nmi": v, "chance": 0.25, "groups": 100}  # noqa: E731
+def _roles_file(seed: int, policy_type: float, host_type: float, entropies: list[float], tv: float,
+                host_chance: float = 0.25) -> dict:
+    nmi = lambda v, chance=0.25: {"nmi": v, "chance": chance, "groups": 100}  # noqa: E731
     return {"checkpoint": f"ACORM-MAPPO-3s5z-s{seed}.ckpt", "algorithm": "ACORMMAPPO", "map": "3s5z",
             "env_steps": 1_000_000, "k": 3, "figures": [],
             "policy": {"episodes": 32, "win_rate": 1.0,
@@ -300,7 +301,7 @@ def _roles_file(seed: int, policy_type: float, host_type: float, entropies: list
                        "roles": {"k": 3, "unit_type": nmi(0.5), "health_band": None},
                        "attention": {"heads": 2, "steps": 10, "normalised_entropy_per_head": entropies,
                                      "head_distance_tv": tv}},
-            "baseline": {"algorithm": "MAPPO", "embeddings": {"k": 3, "unit_type": nmi(host_type),
+            "baseline": {"algorithm": "MAPPO", "embeddings": {"k": 3, "unit_type": nmi(host_type, host_chance),
                                                                "health_band": nmi(0.4)}}}
 
 
@@ -308,17 +309,20 @@ def test_roles_over_seeds_are_means_with_bootstrap_intervals_and_paired_differen
     """Two checkpoints: the bootstrap means of two values are their mean and the two values themselves at the
     2.5 / 97.5 percentiles (resampled means take only the values a, (a+b)/2, b with probability 1/4, 1/2, 1/4)."""
     (tmp_path / "roles").mkdir()
-    for seed, (p, h, ent, tv) in enumerate([(0.8, 0.5, [0.6, 1.0], 0.3), (0.6, 0.5, [0.8, 0.8], 0.5)]):
-        (tmp_path / "roles" / f"acorm_mappo_3s5z_s{seed}.json").write_text(json.dumps(_roles_file(seed, p, h, ent, tv)))
+    for seed, (p, h, ent, tv, hc) in enumerate([(0.8, 0.5, [0.6, 1.0], 0.3, 0.35), (0.6, 0.5, [0.8, 0.8], 0.5, 0.25)]):
+        (tmp_path / "roles" / f"acorm_mappo_3s5z_s{seed}.json").write_text(
+            json.dumps(_roles_file(seed, p, h, ent, tv, host_chance=hc)))
     text = "\n".join(roles_section(tmp_path, tmp_path, tmp_path / "figures"))
     assert "### acorm_mappo_3s5z, over 2 checkpoints: ACORMMAPPO on SMAX 3s5z" in text
     assert ("| ACORMMAPPO | e | 2 | 0.70 [0.60, 0.80] | 0.25 [0.25, 0.25] | 0.40 [0.40, 0.40] | 0.25 [0.25, 0.25] "
             "| 0.35 [0.30, 0.40] |" in text)
     assert "| ACORMMAPPO | z | 2 | 0.50 [0.50, 0.50] | 0.25 [0.25, 0.25] | - | - | - |" in text  # not measured
     assert "| ACORMMAPPO | e | 3 | 0.80 (chance 0.25, 100 steps) | 0.40 (chance 0.25, 100 steps) | 0.400 |" in text
-    assert "| MAPPO (host) | h | 2 | 0.50 [0.50, 0.50] |" in text
-    # paired by checkpoint: 0.8 - 0.5 and 0.6 - 0.5
-    assert "unit type, ACORMMAPPO's e minus the host's hidden states, paired by checkpoint: 0.20 [0.10, 0.30]." in text
+    assert "| MAPPO (host) | h | 2 | 0.50 [0.50, 0.50] | 0.30 [0.25, 0.35] |" in text
+    # paired by checkpoint: 0.8 - 0.5 and 0.6 - 0.5; above chance: (0.8 - 0.25) - (0.5 - 0.35) = 0.40 and
+    # (0.6 - 0.25) - (0.5 - 0.25) = 0.10
+    assert ("unit type, ACORMMAPPO's e minus the host's hidden states, paired by checkpoint: 0.20 [0.10, 0.30]; "
+            "above chance (each NMI less its own chance level): 0.25 [0.10, 0.40].") in text
     # head-averaged entropies 0.8 and 0.8; most focused heads 0.6 and 0.8; distances 0.3 and 0.5
     assert ("normalised entropy averaged over heads 0.80 [0.80, 0.80], of the most focused head 0.70 [0.60, 0.80]; "
             "mean distance between heads 0.40 [0.30, 0.50]") in text

@@ -51,10 +51,15 @@ def _value(block: dict[str, Any], reference: str, key: str) -> float:
     return float(measured[key]) if measured else float("nan")
 
 
+def _excess(block: dict[str, Any], reference: str) -> float:
+    """NMI less its chance level (the same clusters shuffled within each step)."""
+    return _value(block, reference, "nmi") - _value(block, reference, "chance")
+
+
 def summary_over_seeds(name: str, group: Sequence[dict[str, Any]]) -> list[str]:
     """Markdown table of the roles files ``<name>_s<seed>``: each NMI and its chance level as mean [95% CI]
-    over the checkpoints, the paired difference between the policy's embeddings and the host's hidden states,
-    and the attention numbers."""
+    over the checkpoints, the paired difference between the policy's embeddings and the host's hidden states
+    (of the NMIs and of their excess over chance), and the attention numbers."""
     first = group[0]
     lines = [f"### {name}, over {len(group)} checkpoints: {first['algorithm']} on SMAX {first['map']}", "",
              "Mean over the checkpoints (one per seed) with its 95% bootstrap CI over them.", "",
@@ -75,8 +80,13 @@ def summary_over_seeds(name: str, group: Sequence[dict[str, Any]]) -> list[str]:
         for ref in REFERENCES:
             diff = [_value(d["policy"]["embeddings"], ref, "nmi") - _value(d["baseline"]["embeddings"], ref, "nmi")
                     for d in paired]
+            # The two policies play different episodes, so their chance levels differ (fewer alive agents per
+            # step raise it): the excess over chance compares what the clusters find beyond the group sizes.
+            excess = [_excess(d["policy"]["embeddings"], ref) - _excess(d["baseline"]["embeddings"], ref)
+                      for d in paired]
             lines.append(f"- NMI with {ref.replace('_', ' ')}, {first['algorithm']}'s e minus the host's hidden "
-                         f"states, paired by checkpoint: {_mean_ci(diff)}.")
+                         f"states, paired by checkpoint: {_mean_ci(diff)}; above chance (each NMI less its own "
+                         f"chance level): {_mean_ci(excess)}.")
     attention = [d["policy"]["attention"] for d in group if d["policy"].get("attention")]
     if attention:
         mean_entropy = [float(np.mean(a["normalised_entropy_per_head"])) for a in attention]
