@@ -205,9 +205,10 @@ class FitClock(pl.Callback):
             self.marks.append((time.perf_counter(), steps, int(pl_module.n_updates)))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        (t0, s0, u0), (t1, s1, u1) = self.marks[0], self.marks[-1]
+        # Without two timed cycles (a budget too short to start updating) the rates are NaN, not an error.
+        (t0, s0, u0), (t1, s1, u1) = (self.marks[0], self.marks[-1]) if self.marks else ((0.0, 0, 0),) * 2
         result = {"env_steps": trainer.datamodule.env_steps, "updates": int(pl_module.n_updates),
-                  "wall_s": time.perf_counter() - self.start, "window_cycles": len(self.marks) - 1,
+                  "wall_s": time.perf_counter() - self.start, "window_cycles": max(len(self.marks) - 1, 0),
                   "env_steps_per_s": (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan"),
                   "updates_per_s": (u1 - u0) / (t1 - t0) if t1 > t0 else float("nan"),
                   "torch_threads": torch.get_num_threads(), "acorm_pl": acorm_pl.__file__}

@@ -4,8 +4,8 @@ shapes (batch 32 and 128) in fp32 and bf16-mixed.
     python benchmarks/gpu_check.py [--fit-seconds 120] [--fit-steps 20000] [--repeats 10]
 
 Where torch finds no CUDA GPU it prints ``gpu_check: no CUDA GPU found`` and exits 0, measuring nothing.
-Exit code 1: a measurement failed (the others still run and print). About 5-7 minutes on one GPU: JAX's
-compilation, two fits of at most ``--fit-seconds`` each, the TD timings.
+Exit code 1: a measurement failed (the others still run and print). About 100 s on one H200 (figures in the
+README, "Scale"): JAX's compilation, two fits of at most ``--fit-seconds`` each, the TD timings.
 
 What it does on a GPU:
 

@@ -1,5 +1,5 @@
 """Benchmark scripts that must keep working where their figures cannot be taken: the GPU check on a machine
-without a GPU, and the synthetic MMM2 batches the ACORM speed benchmark times."""
+without a GPU, its imports on one without MLflow, and the synthetic MMM2 batches the ACORM speed benchmark times."""
 
 from __future__ import annotations
 
@@ -23,6 +23,28 @@ def test_gpu_check_exits_cleanly_without_a_gpu():
     assert proc.returncode == 0, proc.stderr
     assert lines[0].startswith(("Linux", "Darwin", "Windows")) and "torch" in lines[0]  # the machine line
     assert lines[1] == "gpu_check: no CUDA GPU found (torch.cuda.is_available() is False): nothing measured"
+
+
+def test_gpu_check_imports_load_without_mlflow_or_jsonargparse():
+    # The GPU machine has torch, Lightning and JAX but neither MLflow nor jsonargparse; the check builds its fit
+    # from these modules alone, so none of them may import the tracking or CLI layers at load time.
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('mlflow', 'jsonargparse'):\n"
+        "            raise ImportError('not installed here: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from acorm_pl.algos import ACORM\n"
+        "from acorm_pl.callbacks import EpsilonSchedule, Evaluation, RoleClustering\n"
+        "from acorm_pl.data import RolloutDataModule, collect_rollout\n"
+        "import acorm_speed, common\n"
+        "print('loaded', 'mlflow' in sys.modules, 'jsonargparse' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH.parent), str(BENCH)])}
+    proc = subprocess.run([sys.executable, "-c", blocker], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == "loaded False False"
 
 
 def test_synthetic_mmm2_batch_holds_whole_valid_episodes(monkeypatch):

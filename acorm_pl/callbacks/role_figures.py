@@ -11,7 +11,6 @@ import lightning.pytorch as pl
 from acorm_pl.callbacks.schedule import next_due
 from acorm_pl.envs.seeds import FIGURES_SEED_OFFSET
 from acorm_pl.errors import require
-from acorm_pl.tracking import MLflowTracker
 
 
 class RoleFigures(pl.Callback):
@@ -61,6 +60,9 @@ class RoleFigures(pl.Callback):
         length = record.length
         steps = None if self.timesteps is None else sorted({min(t, length - 1) for t in self.timesteps})
         title = f"{type(pl_module).__name__} on {dm.map_name}, {step:,} env steps ({'won' if record.won else 'lost'})"
+        # Imported here so that the callbacks load without MLflow (benchmarks/gpu_check.py on a bare GPU machine).
+        from acorm_pl.tracking import MLflowTracker
+
         tracker = next((lg for lg in trainer.loggers if isinstance(lg, MLflowTracker)), None)
         artifact_dir = f"figures/step_{step:09d}"
         if tracker is None:
