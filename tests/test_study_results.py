@@ -192,6 +192,17 @@ def test_bootstrap_diff_ci():
     assert 0.1 < low < 0.3 < high < 0.5
 
 
+def test_bootstrap_diff_ci_is_antisymmetric_and_ignores_seed_order():
+    # A verdict near zero must not flip with which variant is passed first (it did when the sides were
+    # resampled in argument order: 10m_vs_11m, noCL vs the rare-step ACORM-MAPPO, upper bounds -0.00 / -0.01).
+    a, b = [0.94, 0.86, 0.68, 0.91, 0.89], [0.64, 0.54, 0.86]
+    low, high = bootstrap_diff_ci(a, b)
+    back_low, back_high = bootstrap_diff_ci(b, a)
+    assert (back_low, back_high) == pytest.approx((-high, -low), abs=1e-12)
+    assert bootstrap_diff_ci(a[::-1], b[1:] + b[:1]) == pytest.approx((low, high), abs=1e-12)
+    assert low < np.mean(a) - np.mean(b) < high
+
+
 def test_report_written_through_the_cli(exported, capsys):
     root, _ = exported
     (root / "notes.md").write_text("## What the data support\n\nA hand-written paragraph.\n")

@@ -98,13 +98,21 @@ def area_under_curve(steps: Sequence[float] | np.ndarray, values: Sequence[float
 def bootstrap_diff_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95,
                       n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap confidence interval of mean(a) - mean(b) for two independent samples (e.g. one
-    final win rate per seed of two variants), each resampled with replacement on its own."""
+    final win rate per seed of two variants), each resampled with replacement on its own. For two different
+    samples the interval of ``(b, a)`` is that of ``(a, b)`` negated, and neither depends on the order of the
+    values within a sample."""
     _check(confidence, n_resamples)
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    x, y = np.sort(np.asarray(a, dtype=np.float64)), np.sort(np.asarray(b, dtype=np.float64))
     require(x.size >= 1 and y.size >= 1 and not (np.isnan(x).any() or np.isnan(y).any()),
             "bootstrap_diff_ci needs at least one value on each side and no NaN")
+    # Resample the two sides in one fixed order whichever way round they are passed, so that a verdict at the
+    # edge of the interval cannot flip with the argument order.
+    flip = (x.size, tuple(x)) > (y.size, tuple(y))
+    first, second = (y, x) if flip else (x, y)
     rng = np.random.default_rng(seed)
-    diffs = (x[rng.integers(0, x.size, (n_resamples, x.size))].mean(1)
-             - y[rng.integers(0, y.size, (n_resamples, y.size))].mean(1))
+    diffs = (first[rng.integers(0, first.size, (n_resamples, first.size))].mean(1)
+             - second[rng.integers(0, second.size, (n_resamples, second.size))].mean(1))
+    if flip:
+        diffs = -diffs
     low, high = np.percentile(diffs, [50 * (1 - confidence), 50 * (1 + confidence)])
     return float(low), float(high)
