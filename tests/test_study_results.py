@@ -147,8 +147,8 @@ def test_export_leaves_the_pause_of_a_resumed_run_out_of_its_wall_time(workdir, 
     assert rows == [10, 20, 30, 40, 55, 65, 75]
     assert facts["not_counted_s"] == 2080.0 - 75.0 and facts["wall_time_s"] == 75.0
     text = render(cells(load_results(workdir / "results")), {}, workdir)
-    assert ("| ACORM | 0 | 60k | 7 x ? episodes | 1 min (resumed; 33 min between attempts not counted) | "
-            "800 | ? TD update(s) of ? episodes per ? collected | ? |") in text
+    assert ("| ACORM | 0 | 60k | 7 x ? episodes | 1 min (33 min outside training not counted: start-up, shut-down "
+            "and any pause between attempts) | 800 | ? TD update(s) of ? episodes per ? collected | ? |") in text
 
 
 def test_report_statistics_by_hand(exported):

@@ -217,8 +217,9 @@ def _run_rows(members: Sequence[Cell]) -> list[str]:
                          f"per {known['n_envs']} collected")
             not_counted = f.get("not_counted_s") or 0.0
             wall_text = "?" if wall is None else f"{wall / 60:.0f} min"
-            if not_counted >= 60:  # a resumed run: the time between its attempts is not wall time
-                wall_text += f" (resumed; {not_counted / 60:.0f} min between attempts not counted)"
+            if not_counted >= 60:  # a long start-up under load does this too, not only a resumed run
+                wall_text += (f" ({not_counted / 60:.0f} min outside training not counted: start-up, shut-down "
+                              f"and any pause between attempts)")
             rows.append(f"| {c.variant} | {r.seed} | {_steps(budget)} | {len(r.env_steps)} x "
                         f"{known['n_eval_episodes']} episodes | {wall_text} | "
                         f"{'?' if rate is None else f'{rate:,.0f}'} | {ratio} | {str(f.get('commit') or '?')[:8]} |")
