@@ -194,7 +194,8 @@ def test_bootstrap_diff_ci():
 
 def test_bootstrap_diff_ci_is_antisymmetric_and_ignores_seed_order():
     # A verdict near zero must not flip with which variant is passed first (it did when the sides were
-    # resampled in argument order: 10m_vs_11m, noCL vs the rare-step ACORM-MAPPO, upper bounds -0.00 / -0.01).
+    # resampled in argument order: on 10m_vs_11m the rare-step ACORM-MAPPO minus noCL gave [-0.34, -0.00], "ends
+    # lower", and noCL minus it [-0.01, +0.34], "no difference").
     a, b = [0.94, 0.86, 0.68, 0.91, 0.89], [0.64, 0.54, 0.86]
     low, high = bootstrap_diff_ci(a, b)
     back_low, back_high = bootstrap_diff_ci(b, a)
